@@ -1,0 +1,3 @@
+from pyops.cli import main
+
+main()

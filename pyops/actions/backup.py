@@ -1,0 +1,174 @@
+"""pyops backup: stream each target through the encoders into the repository.
+
+Order matters: artifact under a temp name -> fsync -> rename -> manifest (temp ->
+fsync -> rename). Any failing stage fails the backup and leaves no trace but a
+run-log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pyops import __version__, catalog
+from pyops.app import App
+from pyops.artifact import ArtifactWriter, read_chunks
+from pyops.catalog import Manifest
+from pyops.config import Target
+from pyops.errors import PyopsError
+from pyops.execute import DEVNULL, PIPE, pipeline
+from pyops.progress import Progress, human, proc_io
+from pyops.sources import module
+
+log = logging.getLogger(__name__)
+
+
+def resolve_tier(tier: str, now: datetime) -> str:
+    """`auto`: monthly on the 1st, weekly on Sunday, else daily (UTC)."""
+    if tier != "auto":
+        return tier
+    if now.day == 1:
+        return "monthly"
+    if now.weekday() == 6:
+        return "weekly"
+    return "daily"
+
+
+@dataclass
+class BackupResult:
+    target: str
+    ok: bool
+    id: str | None = None
+    bytes: int = 0
+    duration_s: float = 0.0
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def clean_leftovers(app: App, target: str) -> None:
+    """Remove what dead runs left: temp files and artifacts without a manifest."""
+    for path in catalog.leftovers(app.repo, target):
+        log.warning("removing leftover of an interrupted run: %s", path)
+        path.unlink(missing_ok=True)
+
+
+def start_time(app: App, target: str, tier: str) -> datetime:
+    """Now, unless that would collide with or precede the newest backup of the target.
+    Same second: wait for the next. Clock went backwards: refuse."""
+    newest = catalog.complete_backups(app.repo, target=target)
+    now = app.clock().replace(microsecond=0)
+    if newest:
+        last = newest[0].manifest.started.replace(microsecond=0)
+        if now < last:
+            raise PyopsError(
+                f"target {target}: the clock says {now:%Y-%m-%d %H:%M:%S}Z, earlier than the "
+                f"newest backup {newest[0].id}; fix the clock (NTP) before backing up"
+            )
+        if now == last:
+            time.sleep(1.05 - app.clock().microsecond / 1e6)
+            now = app.clock().replace(microsecond=0)
+            if now <= last:
+                raise PyopsError(f"target {target}: clock did not advance past {last}")
+    return now
+
+
+def backup_target(app: App, target: Target, tier: str) -> Manifest:
+    clean_leftovers(app, target.name)
+    started = start_time(app, target.name, tier)
+    t0 = time.monotonic()
+    backup_id = catalog.backup_id(target.name, tier, started)
+    source = module(target.type)
+    codec = app.codec
+    directory = catalog.make_private_dir(catalog.tier_dir(app.repo, target.name, tier))
+    name = f"{backup_id}.{codec.extension(source.extension(target))}"
+    compression, encryption = codec.describe()
+    log.info("backup %s: starting (%s)", backup_id, target.type)
+    with app.scratch(backup_id) as scratch, source.dump(target, scratch) as dump:
+        writer = ArtifactWriter(directory / name)
+        try:
+            with codec.encoder() as encoders:
+                stages = [*dump.stages, *encoders]
+                estimate = dump.estimate() if app.interactive else None
+                if stages:
+                    stdin: Any = open(dump.input_path, "rb") if dump.input_path else None  # noqa: SIM115
+                    try:
+                        with pipeline(stages, stdin=stdin or DEVNULL, stdout=PIPE) as run:
+                            field = "wchar" if dump.stages else "rchar"
+                            pid = run.pids[0]
+                            with Progress(
+                                backup_id, lambda: proc_io(pid, field), estimate, app.interactive
+                            ):
+                                for chunk in run.chunks():
+                                    writer.write(chunk)
+                    finally:
+                        if stdin:
+                            stdin.close()
+                else:
+                    assert dump.input_path is not None
+                    with Progress(backup_id, lambda: writer.bytes, estimate, app.interactive):
+                        for chunk in read_chunks(dump.input_path):
+                            writer.write(chunk)
+            content = dump.content()
+            size, sha = writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        tools = {**dump.tools, **codec.tools()}
+    finished = app.clock()
+    manifest = Manifest(
+        id=backup_id,
+        target=target.name,
+        type=target.type,
+        tier=tier,
+        host=app.config.host,
+        started_at=started.isoformat(),
+        finished_at=finished.isoformat(),
+        duration_s=round(time.monotonic() - t0, 3),
+        pyops_version=__version__,
+        tools=tools,
+        source=dump.source,
+        format=dump.format,
+        compression=compression,
+        encryption=encryption,
+        artifact={"name": name, "bytes": size, "sha256": sha},
+        content=content,
+    )
+    try:
+        catalog.write_atomic(
+            directory / f"{backup_id}{catalog.MANIFEST_SUFFIX}", manifest.to_json()
+        )
+    except BaseException:
+        (directory / name).unlink(missing_ok=True)
+        raise
+    log.info(
+        "backup %s: done, %s in %.1fs, sha256 %s",
+        backup_id,
+        human(size),
+        manifest.duration_s,
+        sha[:12],
+    )
+    return manifest
+
+
+def run(app: App, tier: str, targets: tuple[Target, ...]) -> list[BackupResult]:
+    """Back up each target; one failing target does not stop the others."""
+    tier = resolve_tier(tier, app.clock())
+    results = []
+    for target in targets:
+        t0 = time.monotonic()
+        try:
+            manifest = backup_target(app, target, tier)
+            results.append(
+                BackupResult(target.name, True, manifest.id, manifest.size, manifest.duration_s)
+            )
+        except PyopsError as exc:
+            log.error("backup %s: FAILED: %s", target.name, exc)
+            results.append(
+                BackupResult(target.name, False, duration_s=time.monotonic() - t0, error=str(exc))
+            )
+    return results

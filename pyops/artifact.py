@@ -1,0 +1,83 @@
+"""Writing an artifact: temp name, sha256 and byte count in the stream, fsync, rename."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from pyops.catalog import TEMP_MARK, fsync_dir
+from pyops.errors import PyopsError
+
+CHUNK = 1 << 20
+
+
+class ArtifactWriter:
+    """Receives the encoded stream; `commit` makes it visible, `abort` removes every byte."""
+
+    def __init__(self, final: Path) -> None:
+        self.final = final
+        self.temp = final.with_name(f"{final.name}{TEMP_MARK}{os.getpid()}")
+        self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self.hash = hashlib.sha256()
+        self.bytes = 0
+
+    def write(self, chunk: bytes) -> None:
+        self.hash.update(chunk)
+        view = memoryview(chunk)
+        try:
+            while view:
+                view = view[os.write(self.fd, view) :]
+        except OSError as exc:
+            raise disk_error(exc, self.final) from None
+        self.bytes += len(chunk)
+
+    def commit(self) -> tuple[int, str]:
+        try:
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise disk_error(exc, self.final) from None
+        os.close(self.fd)
+        self.fd = -1
+        os.replace(self.temp, self.final)
+        fsync_dir(self.final.parent)
+        return self.bytes, self.hash.hexdigest()
+
+    def abort(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self.temp.unlink(missing_ok=True)
+
+
+def disk_error(exc: OSError, path: Path) -> PyopsError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return PyopsError(
+            f"disk full writing {path.name} in {path.parent}: the partial file was removed; "
+            "free space or move the repository, then run again"
+        )
+    return PyopsError(f"cannot write {path}: {exc.strerror}")
+
+
+def read_chunks(path: Path, hasher: hashlib._Hash | None = None) -> Iterator[bytes]:
+    """A file a chunk at a time, optionally hashing it on the way."""
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(CHUNK):
+            if hasher is not None:
+                hasher.update(chunk)
+            yield chunk
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    for _ in read_chunks(path, h):
+        pass
+    return h.hexdigest()
+
+
+def hashing(chunks: Iterable[bytes], hasher: hashlib._Hash) -> Iterator[bytes]:
+    for chunk in chunks:
+        hasher.update(chunk)
+        yield chunk

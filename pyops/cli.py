@@ -1,0 +1,467 @@
+"""The command line: parsing, output, and the one place errors become exit codes.
+
+Exit codes: 0 success; 1 the operation failed or was aborted (nothing half-done is
+left); 2 usage or configuration error, naming the option or key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pyops import __version__, catalog, config, runlog
+from pyops.actions import backup as backup_action
+from pyops.actions import restore as restore_action
+from pyops.actions import verify as verify_action
+from pyops.app import App
+from pyops.errors import EXIT_FAILED, EXIT_USAGE, PyopsError
+from pyops.progress import human
+from pyops.starter import starter_config
+
+log = logging.getLogger("pyops")
+FORMAT = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text for people, json (one document on stdout) for scripts",
+)
+
+
+class Ctx:
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = config_path
+        self._app: App | None = None
+
+    @property
+    def path(self) -> Path:
+        return config.find_config(self.config_path)
+
+    def app(self) -> App:
+        if self._app is None:
+            self._app = App(config.load(self.path))
+        return self._app
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(
+            {
+                "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+                "level": record.levelname.lower(),
+                "logger": record.name,
+                "message": record.getMessage(),
+            }
+        )
+
+
+def setup_logging(verbose: int, quiet: bool, fmt: str) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter() if fmt == "json" else logging.Formatter("pyops: %(levelname)s %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    if not verbose:
+        logging.getLogger("plumbum").setLevel(logging.WARNING)
+        logging.getLogger("gnupg").setLevel(logging.WARNING)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    metavar="PATH",
+    help="config file (else $PYOPS_CONFIG, ./pyops.toml, /etc/pyops/pyops.toml)",
+)
+@click.option("-v", "--verbose", count=True, help="debug logging (every command line run)")
+@click.option("-q", "--quiet", is_flag=True, help="warnings and errors only")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
+@click.version_option(__version__, prog_name="pyops")
+@click.pass_context
+def cli(
+    ctx: click.Context, config_path: str | None, verbose: int, quiet: bool, log_format: str
+) -> None:
+    """pyops: backups of PostgreSQL, SQLite and files you can restore at 3 a.m.
+
+    Exit codes: 0 success, 1 failed or aborted (nothing half-done left behind),
+    2 usage or configuration error (the message names the option or key).
+    """
+    setup_logging(verbose, quiet, log_format)
+    ctx.obj = Ctx(config_path)
+
+
+def emit(fmt: str, data: Any, text: Callable[[], str]) -> None:
+    if fmt == "json":
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        out = text()
+        if out:
+            click.echo(out)
+
+
+@contextmanager
+def recorded(app: App, command: str, targets: list[str]) -> Iterator[dict[str, Any]]:
+    """Append one line to the run log however the command ends."""
+    record: dict[str, Any] = {
+        "command": command,
+        "targets": targets,
+        "started_at": datetime.now(UTC).isoformat(),
+        "pid": os.getpid(),
+    }
+    t0 = time.monotonic()
+    try:
+        yield record
+        record.setdefault("result", "ok")
+    except BaseException as exc:
+        record["result"] = "failed"
+        record["error"] = str(exc) or type(exc).__name__
+        raise
+    finally:
+        record["duration_s"] = round(time.monotonic() - t0, 3)
+        try:
+            runlog.append(app.state, record)
+        except OSError as exc:
+            log.warning("could not write the run log: %s", exc)
+
+
+# --- init / config ---------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--path",
+    "repo_path",
+    type=click.Path(path_type=Path),
+    help="repository directory for a new config (default /var/backups/pyops)",
+)
+@pass_ctx
+def init(ctx: Ctx, repo_path: Path | None) -> None:
+    """Write a commented starter config (0600) and create the repository (0700)."""
+    path = ctx.path
+    if path.exists():
+        cfg = config.load(path)
+        if repo_path and repo_path != cfg.repository.path:
+            raise PyopsError(
+                f"{path} exists with repository.path = {cfg.repository.path}; edit it instead"
+            )
+        click.echo(f"{path} exists; left as it is")
+    else:
+        repo = (repo_path or Path("/var/backups/pyops")).absolute()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(starter_config(repo))
+        click.echo(f"wrote {path} (0600): add your targets, then `pyops config check`")
+        cfg = config.load(path)
+    catalog.make_private_dir(cfg.repository.path)
+    os.chmod(cfg.repository.path, 0o700)
+    click.echo(f"repository {cfg.repository.path} ready (0700)")
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Validate or show the configuration."""
+
+
+@config_group.command("check")
+@pass_ctx
+def config_check(ctx: Ctx) -> None:
+    """Validate the config; exit 2 naming the first bad key."""
+    app = ctx.app()
+    click.echo(f"{ctx.path}: ok ({len(app.config.targets)} targets)")
+
+
+@config_group.command("show")
+@FORMAT
+@pass_ctx
+def config_show(ctx: Ctx, fmt: str) -> None:
+    """The effective config with defaults filled in (it holds no secrets)."""
+    data = config.as_data(ctx.app().config)
+    if fmt == "json":
+        emit(fmt, data, str)
+        return
+    click.echo(f"# effective configuration from {ctx.path}")
+    click.echo(_toml(data))
+
+
+def _toml(data: dict[str, Any]) -> str:
+    lines: list[str] = []
+
+    def value(v: Any) -> str:
+        if v is None:
+            return '""  # unset'
+        return json.dumps(v)
+
+    for section, body in data.items():
+        if section == "targets":
+            continue
+        if section == "maintenance":
+            for rule in body.get("cleanup", []):
+                lines.append("\n[[maintenance.cleanup]]")
+                lines += [f"{k} = {value(v)}" for k, v in rule.items()]
+            body = {k: v for k, v in body.items() if k != "cleanup"}
+        lines.append(f"\n[{section}]")
+        lines += [f"{k} = {value(v)}" for k, v in body.items()]
+    for t in data.get("targets", []):
+        lines.append("\n[[targets]]")
+        lines += [f"{k} = {value(v)}" for k, v in t.items()]
+    return "\n".join(lines).lstrip("\n")
+
+
+# --- backup / list / verify / restore / history ---------------------------------
+
+
+@cli.command()
+@click.option(
+    "--tier",
+    type=click.Choice(["daily", "weekly", "monthly", "auto"]),
+    default="daily",
+    show_default=True,
+    help="auto: monthly on the 1st, weekly on Sunday, else daily (UTC)",
+)
+@click.option("--target", "targets", multiple=True, metavar="NAME", help="only these targets")
+@FORMAT
+@pass_ctx
+def backup(ctx: Ctx, tier: str, targets: tuple[str, ...], fmt: str) -> None:
+    """Back up every (or the named) target into the repository."""
+    app = ctx.app()
+    selected = app.config.select(targets)
+    if not selected:
+        raise PyopsError("no targets configured: add [[targets]] to the config")
+    with app.lock("backup"), recorded(app, "backup", [t.name for t in selected]) as rec:
+        results = backup_action.run(app, tier, selected)
+        rec["bytes"] = sum(r.bytes for r in results)
+        rec["backups"] = [r.as_dict() for r in results]
+        failed = [r for r in results if not r.ok]
+        if failed:
+            rec["result"] = "failed"
+    emit(
+        fmt,
+        {"backups": [r.as_dict() for r in results]},
+        lambda: "\n".join(
+            f"{r.target}: ok {r.id} {human(r.bytes)}" if r.ok else f"{r.target}: FAILED {r.error}"
+            for r in results
+        ),
+    )
+    if failed:
+        raise SystemExit(EXIT_FAILED)
+
+
+def _age(started: datetime) -> str:
+    seconds = int((datetime.now(UTC) - started).total_seconds())
+    if seconds < 3600:
+        return f"{seconds // 60}m"
+    if seconds < 86400 * 2:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"
+
+
+@cli.command("list")
+@click.option("--target", metavar="NAME")
+@click.option("--tier", type=click.Choice(list(catalog.TIERS)))
+@FORMAT
+@pass_ctx
+def list_(ctx: Ctx, target: str | None, tier: str | None, fmt: str) -> None:
+    """Complete backups, newest first."""
+    app = ctx.app()
+    if target:
+        app.config.target(target)
+    backups = catalog.complete_backups(app.repo, target=target, tier=tier)
+    rows: list[dict[str, Any]] = [
+        {
+            "id": b.id,
+            "target": b.manifest.target,
+            "tier": b.manifest.tier,
+            "time": b.manifest.started_at,
+            "size": b.manifest.size,
+            "encrypted": b.manifest.encrypted,
+            "offsite": None,
+        }
+        for b in backups
+    ]
+
+    def text() -> str:
+        if not rows:
+            return "no complete backups"
+        width = max(len(r["id"]) for r in rows)
+        out = [f"{'ID':<{width}}  {'TIER':<11} {'TIME (UTC)':<20} {'SIZE':>10}  ENCRYPTED"]
+        for r in rows:
+            when = datetime.fromisoformat(r["time"]).strftime("%Y-%m-%d %H:%M:%S")
+            out.append(
+                f"{r['id']:<{width}}  {r['tier']:<11} {when:<20} {human(r['size']):>10}  "
+                f"{'yes' if r['encrypted'] else 'no'}"
+            )
+        return "\n".join(out)
+
+    emit(fmt, {"backups": rows}, text)
+
+
+@cli.command()
+@click.argument("ids", nargs=-1, metavar="[ID]...")
+@click.option("--latest", is_flag=True, help="the newest backup of each target (the default)")
+@click.option("--all", "all_", is_flag=True, help="every complete backup")
+@click.option("--target", metavar="NAME")
+@click.option(
+    "--deep",
+    is_flag=True,
+    help="also decrypt and decompress everything and check its structure and content",
+)
+@FORMAT
+@pass_ctx
+def verify(
+    ctx: Ctx,
+    ids: tuple[str, ...],
+    latest: bool,
+    all_: bool,
+    target: str | None,
+    deep: bool,
+    fmt: str,
+) -> None:
+    """Check backups against their manifests."""
+    if sum(map(bool, (ids, latest, all_))) > 1:
+        raise click.UsageError("give IDs, --latest or --all, not several")
+    app = ctx.app()
+    if target:
+        app.config.target(target)
+    backups = verify_action.select(app, ids, latest, all_, target)
+    with (
+        app.lock("verify"),
+        recorded(app, "verify", sorted({b.manifest.target for b in backups})) as rec,
+    ):
+        results = verify_action.run(app, backups, deep)
+        rec["verified"] = [r.as_dict() for r in results]
+        if not all(r.ok for r in results):
+            rec["result"] = "failed"
+    emit(
+        fmt,
+        {"results": [r.as_dict() for r in results]},
+        lambda: "\n".join(
+            (f"{r.id}: ok" + (" (deep)" if r.deep else ""))
+            if r.ok
+            else f"{r.id}: FAILED: {r.error}"
+            for r in results
+        ),
+    )
+    if not all(r.ok for r in results):
+        raise SystemExit(EXIT_FAILED)
+
+
+@cli.command()
+@click.argument("backup_id", required=False, metavar="[ID]")
+@click.option("--latest", is_flag=True, help="the newest backup (with --target when several)")
+@click.option("--target", metavar="NAME")
+@click.option("--into", metavar="DB_OR_PATH", help="restore into a new database / path instead")
+@click.option("--yes", is_flag=True, help="do not ask for the target name")
+@click.option("--no-safety-backup", is_flag=True, help="skip the pre-restore backup")
+@click.option(
+    "--jobs",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="parallel pg_restore (via a private decrypted scratch file)",
+)
+@pass_ctx
+def restore(
+    ctx: Ctx,
+    backup_id: str | None,
+    latest: bool,
+    target: str | None,
+    into: str | None,
+    yes: bool,
+    no_safety_backup: bool,
+    jobs: int,
+) -> None:
+    """Restore a backup: preview, confirm, safety backup, restore beside, check, swap."""
+    if bool(backup_id) == bool(latest):
+        raise click.UsageError("give a backup ID or --latest")
+    app = ctx.app()
+    if target:
+        app.config.target(target)
+    chosen = restore_action.choose(app, backup_id, latest, target)
+    with app.lock("restore"), recorded(app, "restore", [chosen.manifest.target]) as rec:
+        prepared = restore_action.prepare(app, chosen, into)
+        click.echo(prepared.preview("", _age(chosen.manifest.started)), err=True)
+
+        def ask(prompt: str) -> str:
+            if yes:
+                return prepared.target.name
+            if not sys.stdin.isatty() and os.environ.get("PYOPS_CONFIRM_FROM_STDIN") != "1":
+                raise PyopsError(
+                    "refusing to restore without confirmation: run on a terminal "
+                    "or pass --yes; nothing was changed"
+                )
+            return str(click.prompt(prompt, default="", show_default=False, err=True))
+
+        summary = restore_action.run(
+            app,
+            prepared,
+            into,
+            confirm=restore_action.require_typed_name(ask),
+            safety_backup=not no_safety_backup,
+            jobs=jobs,
+        )
+        rec["backup"] = chosen.id
+        rec["bytes"] = chosen.manifest.size
+    click.echo(summary)
+
+
+@cli.command()
+@click.option("--limit", type=click.IntRange(1), default=20, show_default=True)
+@FORMAT
+@pass_ctx
+def history(ctx: Ctx, limit: int, fmt: str) -> None:
+    """Past runs from the run log, newest first."""
+    records = runlog.read(ctx.app().state, limit)
+
+    def text() -> str:
+        if not records:
+            return "no runs recorded yet"
+        return "\n".join(
+            f"{r.get('started_at', '?')[:19]}  {r.get('command', '?'):<8} "
+            f"{r.get('result', '?'):<6} {r.get('duration_s', 0):>8.1f}s  "
+            f"{','.join(r.get('targets', []))}"
+            + (f"  {human(r['bytes'])}" if r.get("bytes") else "")
+            + (f"  {r['error']}" if r.get("error") else "")
+            for r in records
+        )
+
+    emit(fmt, {"runs": records}, text)
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("pyops: aborted; nothing was changed", err=True)
+        sys.exit(EXIT_FAILED)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code)
+    except PyopsError as exc:
+        click.echo(f"pyops: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("pyops: interrupted; temp files removed, nothing half-done left", err=True)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:
+        log.debug("unexpected error", exc_info=True)
+        click.echo(f"pyops: unexpected error: {type(exc).__name__}: {exc} (run with -v)", err=True)
+        sys.exit(EXIT_FAILED)

@@ -1,0 +1,435 @@
+"""TOML -> validated, frozen dataclasses. No side effects: reading secrets and
+touching the repository happen elsewhere.
+
+The dataclasses *are* the schema: each field's metadata carries its help text,
+and `docs/configuration.md` is checked against them by a test.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pyops.errors import ConfigError
+
+DEFAULT_LOCATIONS = (Path("pyops.toml"), Path("/etc/pyops/pyops.toml"))
+
+
+def opt(default: Any = MISSING, help: str = "") -> Any:
+    """A config field with its documentation attached."""
+    meta = {"help": help}
+    if isinstance(default, list | tuple):
+        value = tuple(default)
+        return field(default_factory=lambda: value, metadata=meta)
+    if default is MISSING:
+        return field(metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class RepositoryConfig:
+    path: Path = opt(Path("/var/backups/pyops"), "where backups live; created 0700")
+    host: str = opt("", "host name in S3 keys and manifests; default: this machine's")
+    state_dir: Path | None = opt(None, "run log and lock; default: <path>/.pyops")
+    lock_wait_seconds: float = opt(30.0, "how long a run waits for another run's lock")
+
+    @property
+    def state(self) -> Path:
+        return self.state_dir or self.path / ".pyops"
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    daily: int = opt(7, "complete daily backups kept per target")
+    weekly: int = opt(5, "complete weekly backups kept per target")
+    monthly: int = opt(12, "complete monthly backups kept per target")
+    pre_restore_days: int = opt(7, "days a pre-restore safety backup is kept")
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    algorithm: Literal["zstd", "gzip", "none"] = opt("zstd", "zstd | gzip | none")
+    level: int = opt(3, "compression level (zstd 1-19, gzip 1-9)")
+    threads: int = opt(0, "zstd -T; 0 = all cores")
+
+
+@dataclass(frozen=True)
+class EncryptionConfig:
+    mode: Literal["none", "gpg-public", "gpg-symmetric"] = opt(
+        "none", "none | gpg-public | gpg-symmetric"
+    )
+    recipients: tuple[str, ...] = opt((), "gpg-public: key ids, fingerprints or e-mails")
+    gnupghome: Path | None = opt(None, "GnuPG home; default: gpg's own ($GNUPGHOME, ~/.gnupg)")
+    passphrase_file: Path | None = opt(
+        None, "gpg-symmetric: the passphrase; gpg-public: the secret key's, for restore"
+    )
+
+
+@dataclass(frozen=True)
+class OffsiteConfig:
+    bucket: str = opt("", "S3 bucket; empty: no offsite copies")
+    prefix: str = opt("pyops", "key prefix; objects go under <prefix>/<host>/")
+    endpoint_url: str = opt("", "S3-compatible endpoint (MinIO, ...); empty: AWS")
+    region: str = opt("", "bucket region")
+    storage_class: str = opt("STANDARD", "storage class of uploaded objects")
+    sse: Literal["AES256", "aws:kms", "none"] = opt("AES256", "AES256 | aws:kms | none")
+    kms_key_id: str = opt("", "aws:kms: the key id")
+    object_lock_days: int = opt(0, ">0: COMPLIANCE retain-until on every object")
+
+
+@dataclass(frozen=True)
+class PostgresTarget:
+    name: str = opt(help="target name, used in file names")
+    type: Literal["postgres"] = opt(help="postgres")
+    dsn: str = opt(help="libpq URI or key=value string, without a password")
+    password_env: str = opt("", "environment variable holding the password")
+    format: Literal["custom", "plain", "directory", "tar"] = opt(
+        "custom", "custom | plain | directory | tar"
+    )
+    jobs: int = opt(1, "pg_dump -j (directory format only)")
+    pg_bin_dir: Path | None = opt(None, "where pg_dump lives; default: newest matching")
+
+
+@dataclass(frozen=True)
+class SqliteTarget:
+    name: str = opt(help="target name, used in file names")
+    type: Literal["sqlite"] = opt(help="sqlite")
+    path: Path = opt(help="the live database file")
+
+
+@dataclass(frozen=True)
+class FilesTarget:
+    name: str = opt(help="target name, used in file names")
+    type: Literal["files"] = opt(help="files")
+    paths: tuple[Path, ...] = opt(help="absolute paths to archive")
+    exclude: tuple[str, ...] = opt((), "tar --exclude patterns")
+
+
+Target = PostgresTarget | SqliteTarget | FilesTarget
+TARGET_TYPES: dict[str, type[Any]] = {
+    "postgres": PostgresTarget,
+    "sqlite": SqliteTarget,
+    "files": FilesTarget,
+}
+
+
+@dataclass(frozen=True)
+class CleanupRule:
+    target: str = opt(help="target name")
+    table: str = opt(help="table (schema.table allowed)")
+    where: str = opt(help="SQL condition selecting rows to delete")
+    batch_size: int = opt(1000, "rows per transaction")
+
+
+@dataclass(frozen=True)
+class MaintenanceConfig:
+    cleanup: tuple[CleanupRule, ...] = opt((), "batched delete rules")
+    lock_timeout_seconds: float = opt(5.0, "lock_timeout for maintenance statements")
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    disk_min_free_percent: float = opt(10.0, "disk check warns below this")
+    backup_max_age_hours: float = opt(26.0, "daily backup freshness")
+    drill_max_age_days: float = opt(92.0, "drill freshness")
+    tls: tuple[str, ...] = opt((), "host:port to check certificate expiry")
+    http: tuple[str, ...] = opt((), "URLs that must answer 2xx")
+    redis: tuple[str, ...] = opt((), "redis:// URLs")
+    smtp: tuple[str, ...] = opt((), "host:port of SMTP servers")
+    paths: tuple[Path, ...] = opt((), "paths that must exist and be writable")
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    on_start: str = opt("", "URL called when a run starts")
+    on_success: str = opt("", "URL called when a run succeeds")
+    on_failure: str = opt("", "URL called when a run fails")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    textfile_dir: str = opt("", "node_exporter textfile collector directory")
+
+
+@dataclass(frozen=True)
+class Config:
+    repository: RepositoryConfig = opt(RepositoryConfig())
+    retention: RetentionConfig = opt(RetentionConfig())
+    compression: CompressionConfig = opt(CompressionConfig())
+    encryption: EncryptionConfig = opt(EncryptionConfig())
+    offsite: OffsiteConfig = opt(OffsiteConfig())
+    targets: tuple[Target, ...] = opt(())
+    maintenance: MaintenanceConfig = opt(MaintenanceConfig())
+    health: HealthConfig = opt(HealthConfig())
+    notify: NotifyConfig = opt(NotifyConfig())
+    metrics: MetricsConfig = opt(MetricsConfig())
+    source: Path | None = None
+
+    @property
+    def host(self) -> str:
+        return self.repository.host or socket.gethostname()
+
+    def target(self, name: str) -> Target:
+        for t in self.targets:
+            if t.name == name:
+                return t
+        known = ", ".join(t.name for t in self.targets) or "none configured"
+        raise ConfigError("--target", f"unknown target {name!r} (known: {known})")
+
+    def select(self, names: typing.Sequence[str]) -> tuple[Target, ...]:
+        if not names:
+            return self.targets
+        return tuple(self.target(n) for n in names)
+
+
+# --- loading ---------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def find_config(explicit: str | None) -> Path:
+    """--config, else $PYOPS_CONFIG, else ./pyops.toml, else /etc/pyops/pyops.toml."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("PYOPS_CONFIG")
+    if env:
+        return Path(env)
+    for candidate in DEFAULT_LOCATIONS:
+        if candidate.exists():
+            return candidate
+    return DEFAULT_LOCATIONS[0]
+
+
+def load(path: Path) -> Config:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(str(path), "no such file (create one with `pyops init`)") from None
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), f"not valid TOML: {exc}") from None
+    config = parse(data)
+    return _replace(config, source=path)
+
+
+def parse(data: dict[str, Any]) -> Config:
+    """Validate a parsed TOML document; every error names its key."""
+    config = _build(Config, {k: v for k, v in data.items()}, "")
+    _check_rules(config)
+    return config
+
+
+def _replace(config: Config, **changes: Any) -> Config:
+    import dataclasses
+
+    return dataclasses.replace(config, **changes)
+
+
+def _build(cls: type[T], data: Any, where: str) -> T:
+    if not isinstance(data, dict):
+        raise ConfigError(where or "(top level)", "expected a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls) if f.name != "source"}  # type: ignore[arg-type]
+    for key in data:
+        if key not in known:
+            raise ConfigError(_join(where, key), f"unknown key (known: {', '.join(sorted(known))})")
+    values: dict[str, Any] = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        if f.name == "source":
+            continue
+        key = _join(where, f.name)
+        if f.name in data:
+            values[f.name] = _coerce(hints[f.name], data[f.name], key)
+        elif f.default is MISSING and f.default_factory is MISSING:
+            raise ConfigError(key, "required")
+    return cls(**values)
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
+    return {str: "string", int: "integer", float: "number", bool: "boolean", Path: "path"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _coerce(args[0], value, key)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(key, f"must be one of {', '.join(map(str, choices))}, not {value!r}")
+        return value
+    if origin is tuple:
+        (item,) = typing.get_args(tp)[:1]
+        if not isinstance(value, list):
+            raise ConfigError(key, f"expected {_type_name(tp)}, got {type(value).__name__}")
+        if key == "targets":
+            return tuple(_build_target(v, f"{key}[{i}]") for i, v in enumerate(value))
+        return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if isinstance(tp, type) and hasattr(tp, "__dataclass_fields__"):
+        return _build(tp, value, key)
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(key, "expected a non-empty path string")
+        return Path(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, bool):
+        raise ConfigError(key, "expected integer, got boolean")
+    if not isinstance(value, tp):
+        raise ConfigError(key, f"expected {_type_name(tp)}, got {type(value).__name__}")
+    return value
+
+
+def _build_target(value: Any, key: str) -> Target:
+    if not isinstance(value, dict):
+        raise ConfigError(key, "expected a table")
+    kind = value.get("type")
+    if kind is None:
+        raise ConfigError(f"{key}.type", "required (postgres | sqlite | files)")
+    if kind not in TARGET_TYPES:
+        raise ConfigError(
+            f"{key}.type", f"unknown target type {kind!r} (postgres | sqlite | files)"
+        )
+    target: Target = _build(TARGET_TYPES[kind], value, key)
+    return target
+
+
+NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+
+
+def _check_rules(config: Config) -> None:
+    """Rules that span keys or values, beyond types."""
+    seen: set[str] = set()
+    for i, t in enumerate(config.targets):
+        key = f"targets[{i}]"
+        if not t.name or not set(t.name) <= NAME_CHARS:
+            raise ConfigError(f"{key}.name", "use letters, digits, '-' and '_' only")
+        if t.name in seen:
+            raise ConfigError(f"{key}.name", f"duplicate target name {t.name!r}")
+        seen.add(t.name)
+        if isinstance(t, PostgresTarget):
+            _check_dsn(t.dsn, f"{key}.dsn")
+            if t.jobs < 1:
+                raise ConfigError(f"{key}.jobs", "must be at least 1")
+            if t.jobs > 1 and t.format != "directory":
+                raise ConfigError(f"{key}.jobs", "parallel dumps need format = 'directory'")
+        if isinstance(t, FilesTarget):
+            if not t.paths:
+                raise ConfigError(f"{key}.paths", "list at least one path")
+            for j, p in enumerate(t.paths):
+                if not p.is_absolute():
+                    raise ConfigError(f"{key}.paths[{j}]", f"must be absolute, not {str(p)!r}")
+    enc = config.encryption
+    if enc.mode == "gpg-public" and not enc.recipients:
+        raise ConfigError("encryption.recipients", "gpg-public needs at least one recipient")
+    if enc.mode == "gpg-symmetric" and enc.passphrase_file is None:
+        raise ConfigError("encryption.passphrase_file", "gpg-symmetric needs a passphrase file")
+    comp = config.compression
+    limits = {"zstd": (1, 19), "gzip": (1, 9), "none": (0, 99)}[comp.algorithm]
+    if comp.algorithm != "none" and not limits[0] <= comp.level <= limits[1]:
+        raise ConfigError("compression.level", f"{comp.algorithm} takes {limits[0]}..{limits[1]}")
+    if comp.threads < 0:
+        raise ConfigError("compression.threads", "must be 0 (all cores) or more")
+    for tier in ("daily", "weekly", "monthly", "pre_restore_days"):
+        if getattr(config.retention, tier) < 0:
+            raise ConfigError(f"retention.{tier}", "must not be negative")
+    for i, rule in enumerate(config.maintenance.cleanup):
+        if rule.target not in seen:
+            raise ConfigError(f"maintenance.cleanup[{i}].target", f"unknown target {rule.target!r}")
+    if config.offsite.sse == "aws:kms" and not config.offsite.kms_key_id:
+        raise ConfigError("offsite.kms_key_id", "sse = 'aws:kms' needs a key id")
+
+
+def _check_dsn(dsn: str, key: str) -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        parts = conninfo_to_dict(dsn)
+    except Exception as exc:  # psycopg raises ProgrammingError with the parse error
+        raise ConfigError(key, f"not a valid connection string: {exc}") from None
+    if parts.get("password"):
+        raise ConfigError(
+            key, "contains a password; use password_env, ~/.pgpass or PGPASSFILE instead"
+        )
+    if not parts.get("dbname"):
+        raise ConfigError(key, "names no database (add /DBNAME or dbname=...)")
+
+
+# --- presentation ------------------------------------------------------------
+
+
+def as_data(config: Config) -> dict[str, Any]:
+    """The effective config as plain data. It holds no secrets by construction: passwords
+    live in the environment or .pgpass (named by `password_env`), passphrases in files."""
+    return typing.cast(dict[str, Any], _plain(config))
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "__dataclass_fields__"):
+        out: dict[str, Any] = {}
+        for f in fields(value):
+            if f.name == "source":
+                continue
+            v = getattr(value, f.name)
+            out[f.name] = _plain(v)
+        return out
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def described_keys() -> list[tuple[str, str, str]]:
+    """(key, default, help) for every documented key; used by the docs test."""
+    rows: list[tuple[str, str, str]] = []
+
+    def walk(cls: Any, prefix: str) -> None:
+        for f in fields(cls):
+            if f.name == "source":
+                continue
+            hint = typing.get_type_hints(cls)[f.name]
+            if isinstance(hint, type) and hasattr(hint, "__dataclass_fields__"):
+                walk(hint, f"{prefix}{f.name}.")
+                continue
+            if f.name == "cleanup":
+                walk(CleanupRule, f"{prefix}cleanup[].")
+                continue
+            if f.name == "targets":
+                for tcls in TARGET_TYPES.values():
+                    walk(tcls, "targets[].")
+                continue
+            default = "" if f.default is MISSING else repr(f.default)
+            rows.append((f"{prefix}{f.name}", default, f.metadata.get("help", "")))
+
+    walk(Config, "")
+    seen: set[str] = set()
+    unique = []
+    for row in rows:
+        if row[0] not in seen:
+            seen.add(row[0])
+            unique.append(row)
+    return unique

@@ -1,0 +1,62 @@
+"""The error hierarchy. `cli.py` is the only place that turns these into exit codes.
+
+Every message is written for the operator at 3 a.m.: what went wrong and what to do.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class PyopsError(Exception):
+    """An operation failed or was refused; nothing half-done was left behind."""
+
+    exit_code = EXIT_FAILED
+
+
+class ConfigError(PyopsError):
+    """The configuration (or the command line) is wrong; the message names the key."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"config: {key}: {problem}")
+        self.key = key
+
+
+class ToolMissing(PyopsError):
+    """A program pyops drives is not installed."""
+
+
+class StageFailed(PyopsError):
+    """A stage of a pipeline exited non-zero or was killed."""
+
+    def __init__(self, stage: str, returncode: int, stderr_tail: str) -> None:
+        if returncode < 0:
+            import signal
+
+            try:
+                how = f"was killed by {signal.Signals(-returncode).name}"
+            except ValueError:
+                how = f"was killed by signal {-returncode}"
+        else:
+            how = f"exited with status {returncode}"
+        detail = f": {stderr_tail}" if stderr_tail else ""
+        super().__init__(f"{stage} {how}{detail}")
+        self.stage = stage
+        self.returncode = returncode
+        self.stderr_tail = stderr_tail
+
+
+class VerifyFailed(PyopsError):
+    """A backup does not match its manifest or does not decode."""
+
+
+class LockBusy(PyopsError):
+    """Another pyops run holds the repository lock."""
+
+
+class Aborted(PyopsError):
+    """The operator declined, or confirmation was impossible."""

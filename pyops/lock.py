@@ -1,0 +1,44 @@
+"""One lock per repository, so two runs never write or prune the same tree at once."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from pyops.catalog import make_private_dir
+from pyops.errors import LockBusy
+
+
+@contextlib.contextmanager
+def repository_lock(state_dir: Path, wait_seconds: float, what: str) -> Iterator[None]:
+    """Hold an flock on <state>/lock; wait up to `wait_seconds`, then name the holder."""
+    make_private_dir(state_dir)
+    path = state_dir / "lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+                    raise LockBusy(
+                        f"another pyops run holds {path} ({holder or 'pid unknown'}); "
+                        f"waited {wait_seconds:.0f}s. Let it finish, or check that process"
+                    ) from None
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}: {what}".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

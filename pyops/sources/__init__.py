@@ -1,0 +1,79 @@
+"""Data sources: postgres, sqlite, files. Each module offers the same functions,
+dispatched by target type:
+
+- ``extension(target)``: the innermost file-name layer (``pgdump``, ``sqlite3``, ``tar``)
+- ``dump(target, scratch)``: a context manager yielding a `Dump`
+- ``deep_check(manifest, chunks, decoders, scratch)``: decode fully, check structure
+  and content facts against the manifest
+- ``plan(target, into)``: what a restore would do, refusing what would lose data
+- ``restore(target, manifest, chunks, decoders, into, stamp, scratch, jobs)``: restore
+  beside the live data and check it, returning a `Staged` whose commit swaps it in
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from pyops.execute import Stage
+
+
+@dataclass
+class Dump:
+    """How to produce one dump stream, and the facts that go with it."""
+
+    format: str
+    source: dict[str, Any]
+    tools: dict[str, str]
+    stages: list[Stage] = field(default_factory=list)  # write the dump to stdout
+    input_path: Path | None = None  # or: a finished file to stream
+    estimate: Callable[[], int | None] = lambda: None  # expected raw bytes, for progress
+    progress_pid_stage: int | None = 0  # which stage's written bytes measure progress
+    content: Callable[[], dict[str, Any]] = lambda: {}  # facts, once the stream succeeded
+
+
+@dataclass
+class RestorePlan:
+    """What a restore will do, for the operator's preview."""
+
+    destination: str
+    overwrites: bool
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Staged:
+    """A restored copy waiting beside the live data. The caller commits it only after
+    the artifact's checksum has been confirmed."""
+
+    commit: Callable[[], str]
+    discard: Callable[[], None]
+
+
+def module(kind: str) -> ModuleType:
+    from pyops.sources import files, postgres, sqlite
+
+    return {"postgres": postgres, "sqlite": sqlite, "files": files}[kind]
+
+
+def compare_content(expected: dict[str, Any], got: dict[str, Any]) -> list[str]:
+    """Differences between manifest content facts and what a check observed."""
+    problems = []
+    exp_tables = expected.get("tables", {})
+    got_tables = got.get("tables", {})
+    for name in sorted(set(exp_tables) | set(got_tables)):
+        if name not in got_tables:
+            problems.append(f"table {name} missing")
+        elif name not in exp_tables:
+            problems.append(f"table {name} not in manifest")
+        elif exp_tables[name] != got_tables[name]:
+            problems.append(
+                f"table {name}: {got_tables[name]} rows, manifest says {exp_tables[name]}"
+            )
+    for key in ("files", "bytes"):
+        if key in expected and expected[key] != got.get(key):
+            problems.append(f"{key}: {got.get(key)}, manifest says {expected[key]}")
+    return problems

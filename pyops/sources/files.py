@@ -1,0 +1,166 @@
+"""File trees: GNU tar of the configured paths (relative to /), extracted on restore
+by pyops' own checked extractor so no member can land outside its destination."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from pyops import stream, tarsafe
+from pyops.catalog import Manifest
+from pyops.config import FilesTarget
+from pyops.errors import PyopsError, VerifyFailed
+from pyops.execute import Stage, first_line
+from pyops.sources import Dump, RestorePlan, Staged, compare_content
+from pyops.tools import archive
+
+EXTENSION = "tar"
+
+
+def extension(target: FilesTarget) -> str:
+    return EXTENSION
+
+
+def roots(target: FilesTarget) -> list[str]:
+    return [str(p.relative_to("/")) for p in target.paths]
+
+
+def tally_index(index: Path) -> dict[str, int]:
+    """Regular files and their bytes, from tar's own -vv listing of what it archived."""
+    files = size = 0
+    with open(index, encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            parts = line.split(None, 3)
+            if len(parts) >= 3 and parts[0].startswith("-"):
+                files += 1
+                size += int(parts[2])
+    return {"files": files, "bytes": size}
+
+
+def _estimate(paths: Iterable[Path]) -> int:
+    total = 0
+    for top in paths:
+        for dirpath, _dirs, names in os.walk(top):
+            for name in names:
+                with contextlib.suppress(OSError):
+                    total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total
+
+
+@contextlib.contextmanager
+def dump(target: FilesTarget, scratch: Path) -> Iterator[Dump]:
+    missing = [str(p) for p in target.paths if not p.exists()]
+    if missing:
+        raise PyopsError(
+            f"target {target.name}: {', '.join(missing)} does not exist; fix targets.paths"
+        )
+    index = scratch / "index.txt"
+    yield Dump(
+        format="tar",
+        source={"paths": [str(p) for p in target.paths], "exclude": list(target.exclude)},
+        tools={"tar": first_line(archive.version("tar"))},
+        stages=[archive.tar_create(target.paths, target.exclude, index)],
+        estimate=lambda: _estimate(target.paths),
+        content=lambda: tally_index(index),
+    )
+
+
+def _check_tally(manifest: Manifest, got: dict[str, Any]) -> None:
+    diff = compare_content(manifest.content, got)
+    if diff:
+        raise VerifyFailed(f"{manifest.id}: content differs from manifest: {'; '.join(diff)}")
+
+
+def deep_check(
+    manifest: Manifest, chunks: Iterable[bytes], decoders: list[Stage], scratch: Path
+) -> dict[str, Any]:
+    source_roots = [p.lstrip("/") for p in manifest.source.get("paths", [])]
+    try:
+        with stream.decoded(chunks, decoders) as decoded:
+            tally = tarsafe.scan(decoded, source_roots)
+    except tarsafe.UnsafeArchive as exc:
+        raise VerifyFailed(f"{manifest.id}: unsafe archive: {exc}") from None
+    except (tarsafe.tarfile.TarError, EOFError) as exc:
+        raise VerifyFailed(f"{manifest.id}: damaged tar stream: {exc}") from None
+    got = {"files": tally.files, "bytes": tally.bytes}
+    _check_tally(manifest, got)
+    return got
+
+
+def _staging(path: Path, stamp: str) -> Path:
+    return path.parent / f".{path.name}.pyops-restore-{stamp}"
+
+
+def plan(target: FilesTarget, into: str | None) -> RestorePlan:
+    if into:
+        dest = Path(into)
+        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+            raise PyopsError(f"--into {dest} exists and is not empty: choose a new directory")
+        return RestorePlan(destination=str(dest), overwrites=False)
+    return RestorePlan(
+        destination=", ".join(str(p) for p in target.paths),
+        overwrites=any(p.exists() for p in target.paths),
+        notes=["each path is restored beside itself, then swapped; the old one is kept"],
+    )
+
+
+def restore(
+    target: FilesTarget,
+    manifest: Manifest,
+    chunks: Iterable[bytes],
+    decoders: list[Stage],
+    into: str | None,
+    stamp: str,
+    scratch: Path,
+    jobs: int,
+) -> Staged:
+    source_paths = [Path(p) for p in manifest.source.get("paths", [])]
+    source_roots = [str(p.relative_to("/")) for p in source_paths]
+    if into:
+        base = Path(into)
+        destinations = {r: base / r for r in source_roots}
+    else:
+        destinations = {str(p.relative_to("/")): _staging(p, stamp) for p in source_paths}
+    made: list[Path] = []
+
+    def route(root: str) -> Path:
+        dest = destinations[root]
+        if not dest.exists():
+            made.append(dest)
+        return dest
+
+    def discard() -> None:
+        import shutil
+
+        for path in made if not into else [Path(into)]:
+            shutil.rmtree(path, ignore_errors=True)
+
+    try:
+        with stream.decoded(chunks, decoders) as decoded:
+            tally = tarsafe.extract(decoded, source_roots, route)
+        _check_tally(manifest, {"files": tally.files, "bytes": tally.bytes})
+    except tarsafe.UnsafeArchive as exc:
+        discard()
+        raise PyopsError(f"{manifest.id}: refused to extract: {exc}") from None
+    except BaseException:
+        discard()
+        raise
+
+    def commit() -> str:
+        if into:
+            return f"restored {tally.files} files ({tally.bytes} bytes) into {into}"
+        kept = []
+        for path in source_paths:
+            staged = _staging(path, stamp)
+            if path.exists() or path.is_symlink():
+                aside = path.parent / f"{path.name}.pre-restore-{stamp}"
+                os.replace(path, aside)
+                kept.append(str(aside))
+            os.replace(staged, path)
+        note = f"; previous kept as {', '.join(kept)}" if kept else ""
+        return f"restored {tally.files} files ({tally.bytes} bytes){note}"
+
+    return Staged(commit=commit, discard=discard)

@@ -1,0 +1,464 @@
+"""PostgreSQL: pg_dump from an exported snapshot, with exact row counts taken in the
+same snapshot while the dump runs; restore into a new database, then swap names.
+
+The password reaches libpq only through the child's environment (PGPASSWORD from
+`password_env`) or .pgpass / PGPASSFILE; never argv.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from pyops import stream, tarsafe
+from pyops.catalog import Manifest
+from pyops.config import PostgresTarget
+from pyops.errors import ConfigError, PyopsError, VerifyFailed
+from pyops.execute import DEVNULL, PIPE, Stage, first_line, in_thread, pipeline
+from pyops.sources import Dump, RestorePlan, Staged
+from pyops.tools import pg
+
+PLAIN_END = b"-- PostgreSQL database dump complete"
+TABLES = """
+SELECT n.nspname, c.relname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                  AND d.objid = c.oid AND d.deptype = 'e')
+ORDER BY 1, 2
+"""
+
+
+def extension(target: PostgresTarget) -> str:
+    return pg.EXTENSIONS[target.format]
+
+
+# --- connecting -------------------------------------------------------------
+
+
+def child_env(target: PostgresTarget) -> dict[str, str]:
+    """What libpq children need: the password, from the variable the config names."""
+    if not target.password_env:
+        return {}
+    value = os.environ.get(target.password_env)
+    if value is None:
+        raise ConfigError(
+            f"targets.{target.name}.password_env",
+            f"environment variable {target.password_env} is not set",
+        )
+    return {"PGPASSWORD": value}
+
+
+def dbname(target: PostgresTarget) -> str:
+    return str(conninfo_to_dict(target.dsn)["dbname"])
+
+
+def conninfo(target: PostgresTarget, db: str | None = None) -> str:
+    return make_conninfo(target.dsn, dbname=db) if db else target.dsn
+
+
+def where(target: PostgresTarget) -> str:
+    parts = conninfo_to_dict(target.dsn)
+    host = parts.get("host") or "local socket"
+    port = parts.get("port") or "5432"
+    return f"{parts.get('user') or 'current user'}@{host}:{port}/{parts.get('dbname')}"
+
+
+def connect(target: PostgresTarget, db: str | None = None, **kw: Any) -> psycopg.Connection[Any]:
+    env = child_env(target)
+    try:
+        return psycopg.connect(
+            conninfo(target, db),
+            password=env.get("PGPASSWORD"),
+            connect_timeout=10,
+            application_name="pyops",
+            **kw,
+        )
+    except psycopg.OperationalError as exc:
+        raise PyopsError(explain_connect_error(target, str(exc))) from None
+
+
+def explain_connect_error(target: PostgresTarget, text: str) -> str:
+    first = text.strip().splitlines()[-1] if text.strip() else text
+    if "password authentication failed" in text or "no password supplied" in text:
+        hint = (
+            f"check {target.password_env}" if target.password_env else "set password_env"
+        ) + ", ~/.pgpass or PGPASSFILE"
+        return f"target {target.name}: password rejected for {where(target)}: {hint}"
+    if "does not exist" in text and "database" in text:
+        return f"target {target.name}: database missing at {where(target)}: {first}"
+    if "Connection refused" in text or "No such file" in text or "timeout" in text:
+        return (
+            f"target {target.name}: cannot reach PostgreSQL at {where(target)}: is the server "
+            f"running and the dsn right? ({first})"
+        )
+    return f"target {target.name}: cannot connect to {where(target)}: {first}"
+
+
+# --- choosing client binaries -------------------------------------------------
+
+
+def _major(banner: str) -> int:
+    match = re.search(r"(\d+)(?:\.\d+)?", banner.split(")")[-1])
+    return int(match.group(1)) if match else 0
+
+
+def bin_dir(target: PostgresTarget, server_major: int) -> Path | None:
+    """The configured bin dir, else the newest Debian-style client at least as new as
+    the server, else PATH. pg_dump older than the server refuses to run."""
+    if target.pg_bin_dir:
+        return target.pg_bin_dir
+    candidates = sorted(
+        (p for p in Path("/usr/lib/postgresql").glob("*/bin") if (p / "pg_dump").exists()),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+    )
+    for path in candidates:
+        if path.parent.name.isdigit() and int(path.parent.name) >= server_major:
+            return path
+    return None
+
+
+def client_for(target: PostgresTarget, server_major: int, name: str) -> tuple[Path | None, str]:
+    directory = bin_dir(target, server_major)
+    banner = first_line(pg.version(directory, name))
+    if _major(banner) < server_major:
+        raise PyopsError(
+            f"{name} is {banner.split()[-1]} but the server of target {target.name} is "
+            f"{server_major}: install postgresql-client-{server_major} or set pg_bin_dir"
+        )
+    return directory, banner
+
+
+# --- dump ---------------------------------------------------------------------
+
+
+def _count_rows(conn: psycopg.Connection[Any], tables: list[tuple[str, str]]) -> dict[str, int]:
+    counts = {}
+    with conn.cursor() as cur:
+        for schema, table in tables:
+            cur.execute(
+                sql.SQL("SELECT count(*) FROM {}.{}").format(
+                    sql.Identifier(schema), sql.Identifier(table)
+                )
+            )
+            row = cur.fetchone()
+            counts[f"{schema}.{table}"] = int(row[0]) if row else 0
+    return counts
+
+
+@contextlib.contextmanager
+def dump(target: PostgresTarget, scratch: Path) -> Iterator[Dump]:
+    env = child_env(target)
+    conn = connect(target)
+    try:
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        snapshot_row = conn.execute("SELECT pg_export_snapshot()").fetchone()
+        facts = conn.execute(
+            "SELECT current_database(), current_setting('server_version'), "
+            "current_setting('server_version_num')::int, pg_database_size(current_database()), "
+            "pg_encoding_to_char(encoding), datcollate, datctype "
+            "FROM pg_database WHERE datname = current_database()"
+        ).fetchone()
+        assert snapshot_row is not None and facts is not None
+        tables = [(str(s), str(t)) for s, t in conn.execute(TABLES).fetchall()]
+        server_major = int(facts[2]) // 10000
+        directory, banner = client_for(target, server_major, "pg_dump")
+        counts: dict[str, dict[str, int]] = {}
+
+        def count() -> None:
+            counts["tables"] = _count_rows(conn, tables)
+
+        join = in_thread(count)
+        source = {
+            "database": facts[0],
+            "server_version": facts[1],
+            "size": int(facts[3]),
+            "encoding": facts[4],
+            "collate": facts[5],
+            "ctype": facts[6],
+        }
+
+        def content() -> dict[str, Any]:
+            join()
+            return {"tables": counts["tables"]}
+
+        snapshot = str(snapshot_row[0])
+        if target.format == "directory":
+            _dump_directory(target, directory, env, snapshot, scratch / "dump")
+            stages = [_tar_directory(scratch)]
+        else:
+            stages = [pg.pg_dump(directory, target.dsn, target.format, env=env, snapshot=snapshot)]
+        yield Dump(
+            format=target.format,
+            source=source,
+            tools={"pg_dump": banner},
+            stages=stages,
+            estimate=lambda: int(facts[3]),
+            content=content,
+        )
+        join()
+    finally:
+        conn.close()
+
+
+def _dump_directory(
+    target: PostgresTarget, directory: Path | None, env: dict[str, str], snapshot: str, out: Path
+) -> None:
+    """pg_dump -j needs a directory: it goes to the private scratch, then is streamed as
+    tar through the encoders and removed (docs/operators-guide.md explains the trade-off)."""
+    stage = pg.pg_dump(
+        directory,
+        target.dsn,
+        "directory",
+        env=env,
+        snapshot=snapshot,
+        jobs=target.jobs,
+        directory=out,
+    )
+    with pipeline([stage], stdout=PIPE) as running:
+        for _ in running.chunks():
+            pass
+
+
+def _tar_directory(scratch: Path) -> Stage:
+    return Stage("tar", ("tar", "--create", "--file=-", f"--directory={scratch}", "dump"))
+
+
+# --- checks -------------------------------------------------------------------
+
+
+def _pg_restore_stage(
+    conninfo_: str | None, env: dict[str, str], jobs: int = 1, source: Path | None = None
+) -> Stage:
+    return pg.pg_restore(newest_client(), conninfo_, env=env, jobs=jobs, source=source)
+
+
+def newest_client() -> Path | None:
+    """pg_restore must be at least as new as the pg_dump that wrote the archive: take
+    the newest installed client (Debian layout), else PATH."""
+    candidates = sorted(
+        (p for p in Path("/usr/lib/postgresql").glob("*/bin") if (p / "pg_restore").exists()),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+    )
+    return candidates[-1] if candidates else None
+
+
+def deep_check(
+    manifest: Manifest, chunks: Iterable[bytes], decoders: list[Stage], scratch: Path
+) -> dict[str, Any]:
+    """Decode everything and let pg_restore read every byte (to /dev/null): `--list`
+    alone reads only the table of contents and passes a dump cut at 60%."""
+    fmt = manifest.format
+    if fmt == "plain":
+        tail = b""
+        with stream.decoded(chunks, decoders) as decoded:
+            while chunk := decoded.read(1 << 20):
+                tail = (tail + chunk)[-4096:]
+        if PLAIN_END not in tail:
+            raise VerifyFailed(f"{manifest.id}: SQL dump is incomplete (no end marker)")
+        return {}
+    if fmt == "directory":
+        out = _unpack_directory(manifest, chunks, decoders, scratch)
+        _run([_pg_restore_stage(None, {}, source=out)], manifest)
+        return {}
+    _run([*decoders, _pg_restore_stage(None, {})], manifest, chunks)
+    return {}
+
+
+def _run(stages: list[Stage], manifest: Manifest, chunks: Iterable[bytes] | None = None) -> None:
+    from pyops.errors import StageFailed
+
+    try:
+        if chunks is None:
+            with pipeline(stages, stdout=DEVNULL):
+                pass
+        else:
+            stream.into_tool(chunks, stages)
+    except StageFailed as exc:
+        raise VerifyFailed(f"{manifest.id}: {exc}") from None
+
+
+def _unpack_directory(
+    manifest: Manifest, chunks: Iterable[bytes], decoders: list[Stage], scratch: Path
+) -> Path:
+    out = scratch / "unpacked"
+    out.mkdir(mode=0o700)
+    with stream.decoded(chunks, decoders) as decoded:
+        tarsafe.extract(decoded, ["dump"], lambda root: out / root)
+    return out / "dump"
+
+
+# --- restore ------------------------------------------------------------------
+
+
+def _exists(conn: psycopg.Connection[Any], name: str) -> bool:
+    row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    return row is not None
+
+
+def _maintenance_db(target: PostgresTarget) -> psycopg.Connection[Any]:
+    return connect(target, "postgres", autocommit=True)
+
+
+def plan(target: PostgresTarget, into: str | None) -> RestorePlan:
+    live = dbname(target)
+    with _maintenance_db(target) as conn:
+        if into:
+            if _exists(conn, into):
+                raise PyopsError(
+                    f"--into database {into!r} exists: drop it or choose a new name "
+                    "(nothing was changed)"
+                )
+            return RestorePlan(destination=f"database {into} on {where(target)}", overwrites=False)
+        overwrites = _exists(conn, live)
+    return RestorePlan(
+        destination=f"database {live} on {where(target)}",
+        overwrites=overwrites,
+        notes=[
+            "restored into a new database, then names are swapped; the current one is "
+            f"kept as {live}_pre_restore_<time>",
+            "sessions connected to it are terminated at the swap: stop the application",
+        ]
+        if overwrites
+        else [],
+    )
+
+
+def _name(base: str, suffix: str) -> str:
+    room = 63 - len(suffix.encode())
+    cut = base.encode()[:room].decode("utf-8", "ignore")
+    return cut + suffix
+
+
+def _create_db(conn: psycopg.Connection[Any], name: str, manifest: Manifest) -> None:
+    query = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))
+    enc = manifest.source.get("encoding")
+    if enc:
+        query += sql.SQL(" ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
+            sql.Literal(enc),
+            sql.Literal(manifest.source.get("collate")),
+            sql.Literal(manifest.source.get("ctype")),
+        )
+    try:
+        conn.execute(query)
+    except psycopg.Error as exc:
+        raise PyopsError(f"cannot create database {name}: {exc}".strip()) from None
+
+
+def _drop_db(target: PostgresTarget, name: str) -> None:
+    with _maintenance_db(target) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+def restore(
+    target: PostgresTarget,
+    manifest: Manifest,
+    chunks: Iterable[bytes],
+    decoders: list[Stage],
+    into: str | None,
+    stamp: str,
+    scratch: Path,
+    jobs: int,
+) -> Staged:
+    live = dbname(target)
+    work = into or _name(live, f"_pyops_restore_{stamp}")
+    env = child_env(target)
+    with _maintenance_db(target) as conn:
+        _create_db(conn, work, manifest)
+    try:
+        _load(target, manifest, chunks, decoders, conninfo(target, work), env, scratch, jobs)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            _drop_db(target, work)
+        raise
+
+    def commit() -> str:
+        if into:
+            return f"restored into database {into}"
+        return _swap(target, live, work, stamp)
+
+    return Staged(commit=commit, discard=lambda: _drop_db(target, work))
+
+
+def _load(
+    target: PostgresTarget,
+    manifest: Manifest,
+    chunks: Iterable[bytes],
+    decoders: list[Stage],
+    dest: str,
+    env: dict[str, str],
+    scratch: Path,
+    jobs: int,
+) -> None:
+    fmt = manifest.format
+    if fmt == "plain":
+        psql = pg.psql_script(newest_client(), dest, env=env)
+        stream.into_tool(chunks, [*decoders, psql])
+    elif fmt == "directory":
+        out = _unpack_directory(manifest, chunks, decoders, scratch)
+        stage = _pg_restore_stage(dest, env, jobs=jobs, source=out)
+        with pipeline([stage], stdout=DEVNULL):
+            pass
+        shutil.rmtree(out, ignore_errors=True)
+    elif fmt == "custom" and jobs > 1:
+        # pg_restore -j needs a seekable file: decode into the private scratch first
+        copy = scratch / "restore.pgdump"
+        fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out_file, stream.decoded(chunks, decoders) as decoded:
+            shutil.copyfileobj(decoded, out_file, 1 << 20)
+        stage = _pg_restore_stage(dest, env, jobs=jobs, source=copy)
+        with pipeline([stage], stdout=DEVNULL):
+            pass
+        copy.unlink()
+    else:
+        stream.into_tool(chunks, [*decoders, _pg_restore_stage(dest, env)])
+
+
+def _swap(target: PostgresTarget, live: str, work: str, stamp: str) -> str:
+    """Rename the live database aside and the restored one into its name, atomically."""
+    aside = _name(live, f"_pre_restore_{stamp}")
+    for attempt in range(5):
+        with _maintenance_db(target) as conn:
+            exists = _exists(conn, live)
+            if exists:
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (live,),
+                )
+            try:
+                with conn.transaction():
+                    if exists:
+                        conn.execute(
+                            sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                                sql.Identifier(live), sql.Identifier(aside)
+                            )
+                        )
+                    conn.execute(
+                        sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                            sql.Identifier(work), sql.Identifier(live)
+                        )
+                    )
+            except psycopg.errors.ObjectInUse:
+                time.sleep(0.5 * (attempt + 1))
+                continue
+        kept = f"; previous database kept as {aside}" if exists else ""
+        return f"restored database {live}{kept}"
+    raise PyopsError(
+        f"could not swap {work} into {live}: clients keep reconnecting. Stop the application "
+        f"and run: ALTER DATABASE {live} RENAME TO {aside}; ALTER DATABASE {work} RENAME TO {live};"
+    )

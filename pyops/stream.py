@@ -1,0 +1,102 @@
+"""Moving an artifact's bytes through decoders to whatever consumes them.
+
+The artifact is read (and hashed) by pyops a chunk at a time and fed into the
+decoder pipeline; the decoded stream goes either straight into a tool (a
+stage appended to the pipeline) or back to pyops as a readable file object.
+The sha256 is compared once the last byte has passed: callers do that before
+anything is swapped into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+from collections.abc import Iterable, Iterator
+from typing import IO
+
+from pyops.catalog import Manifest
+from pyops.errors import VerifyFailed
+from pyops.execute import DEVNULL, PIPE, Stage, in_thread, pipeline, start
+
+
+class IterReader(io.RawIOBase):
+    """A read()-able view of an iterator of chunks (for tarfile and friends)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._rest = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        while not self._rest:
+            try:
+                self._rest = next(self._chunks)
+            except StopIteration:
+                return 0
+        n = min(len(buffer), len(self._rest))
+        buffer[:n] = self._rest[:n]
+        self._rest = self._rest[n:]
+        return n
+
+
+class Checksum:
+    """sha256 of what passes through, compared with the manifest at the end."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+        self.hash = hashlib.sha256()
+        self.bytes = 0
+
+    def through(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            self.hash.update(chunk)
+            self.bytes += len(chunk)
+            yield chunk
+
+    def check(self) -> None:
+        got = self.hash.hexdigest()
+        if self.bytes != self.manifest.size:
+            raise VerifyFailed(
+                f"{self.manifest.id}: artifact is {self.bytes} bytes, manifest says "
+                f"{self.manifest.size} (truncated or replaced)"
+            )
+        if got != self.manifest.sha256:
+            raise VerifyFailed(
+                f"{self.manifest.id}: sha256 mismatch (artifact {got[:16]}..., manifest "
+                f"{self.manifest.sha256[:16]}...): the file was altered or damaged"
+            )
+
+
+def into_tool(chunks: Iterable[bytes], stages: list[Stage], stdout: int = DEVNULL) -> None:
+    """Feed `chunks` through `stages` (decoders plus a consuming tool); raise if any
+    stage failed."""
+    with pipeline(stages, stdin=PIPE, stdout=stdout) as running:
+        running.feed(chunks)
+
+
+@contextlib.contextmanager
+def decoded(chunks: Iterable[bytes], decoders: list[Stage]) -> Iterator[IO[bytes]]:
+    """The decoded stream as a file object for pyops to read. Stage failures are
+    raised when the block ends."""
+    if not decoders:
+        yield io.BufferedReader(IterReader(chunks), 1 << 20)
+        return
+    running = start(decoders, stdin=PIPE, stdout=PIPE)
+    join = in_thread(lambda: running.feed(chunks))
+    assert running.stdout is not None
+    reader = io.BufferedReader(running.stdout, 1 << 20)  # type: ignore[type-var]
+    try:
+        yield reader
+        # drain what the consumer left (e.g. tar padding) so decoders can finish
+        while reader.read(1 << 20):
+            pass
+    except BaseException:
+        running.kill()
+        with contextlib.suppress(Exception):
+            join()
+        raise
+    join()
+    running.finish()
