@@ -12,6 +12,7 @@ dispatched by target type:
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,9 +55,8 @@ class Staged:
 
 
 def module(kind: str) -> ModuleType:
-    from pyops.sources import files, postgres, sqlite
-
-    return {"postgres": postgres, "sqlite": sqlite, "files": files}[kind]
+    """The source module for a target type (imported on first use)."""
+    return importlib.import_module(f"pyops.sources.{kind}")
 
 
 def compare_content(expected: dict[str, Any], got: dict[str, Any]) -> list[str]:

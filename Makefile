@@ -1,0 +1,40 @@
+# pyops: two commands on a fresh machine.
+#   make demo  - a full backup/verify/restore round trip on bundled sample data
+#   make test  - install what is missing, lint, type-check, run the whole suite
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: help deps venv lint test unit demo bench clean
+
+help:
+	@echo "make demo | make test | make lint | make unit | make bench | make clean"
+
+deps:
+	@scripts/install-deps.sh
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: venv
+	$(VENV)/bin/ruff check pyops tests
+	$(VENV)/bin/ruff format --check pyops tests
+	$(VENV)/bin/mypy
+
+test: deps venv lint
+	$(VENV)/bin/pytest -q
+
+unit: venv
+	$(VENV)/bin/pytest -q tests/unit
+
+demo: deps venv
+	@scripts/demo.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo-run
