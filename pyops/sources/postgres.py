@@ -111,7 +111,7 @@ def explain_connect_error(target: PostgresTarget, text: str) -> str:
 
 
 def _major(banner: str) -> int:
-    match = re.search(r"(\d+)(?:\.\d+)?", banner.split(")")[-1])
+    match = re.search(r"\(PostgreSQL\)\s+(\d+)", banner) or re.search(r"(\d+)", banner)
     return int(match.group(1)) if match else 0
 
 
@@ -135,7 +135,7 @@ def client_for(target: PostgresTarget, server_major: int, name: str) -> tuple[Pa
     banner = first_line(pg.version(directory, name))
     if _major(banner) < server_major:
         raise PyopsError(
-            f"{name} is {banner.split()[-1]} but the server of target {target.name} is "
+            f"{name} is version {_major(banner)} but the server of target {target.name} is "
             f"{server_major}: install postgresql-client-{server_major} or set pg_bin_dir"
         )
     return directory, banner
