@@ -21,6 +21,7 @@ import click
 
 from pyops import __version__, catalog, config, runlog
 from pyops.actions import backup as backup_action
+from pyops.actions import prune as prune_action
 from pyops.actions import restore as restore_action
 from pyops.actions import verify as verify_action
 from pyops.app import App
@@ -236,10 +237,13 @@ def _toml(data: dict[str, Any]) -> str:
     help="auto: monthly on the 1st, weekly on Sunday, else daily (UTC)",
 )
 @click.option("--target", "targets", multiple=True, metavar="NAME", help="only these targets")
+@click.option("--no-prune", is_flag=True, help="do not apply retention to the tier written")
 @FORMAT
 @pass_ctx
-def backup(ctx: Ctx, tier: str, targets: tuple[str, ...], fmt: str) -> None:
-    """Back up every (or the named) target into the repository."""
+def backup(ctx: Ctx, tier: str, targets: tuple[str, ...], no_prune: bool, fmt: str) -> None:
+    """Back up every (or the named) target, then prune the tier it wrote.
+
+    Only a target whose backup succeeded in this run is pruned."""
     app = ctx.app()
     selected = app.config.select(targets)
     if not selected:
@@ -249,11 +253,17 @@ def backup(ctx: Ctx, tier: str, targets: tuple[str, ...], fmt: str) -> None:
         rec["bytes"] = sum(r.bytes for r in results)
         rec["backups"] = [r.as_dict() for r in results]
         failed = [r for r in results if not r.ok]
+        pruned: list[prune_action.PruneRow] = []
+        if not no_prune:
+            for r in results:
+                if r.ok and r.tier:
+                    pruned += prune_action.run(app, [r.target], [r.tier, "pre-restore"], False)
+        rec["pruned"] = [p.id for p in pruned if not p.keep]
         if failed:
             rec["result"] = "failed"
     emit(
         fmt,
-        {"backups": [r.as_dict() for r in results]},
+        {"backups": [r.as_dict() for r in results], "pruned": rec["pruned"]},
         lambda: "\n".join(
             f"{r.target}: ok {r.id} {human(r.bytes)}" if r.ok else f"{r.target}: FAILED {r.error}"
             for r in results
@@ -419,6 +429,34 @@ def restore(
         rec["backup"] = chosen.id
         rec["bytes"] = chosen.manifest.size
     click.echo(summary)
+
+
+@cli.command()
+@click.option("--target", "targets", multiple=True, metavar="NAME")
+@click.option("--tier", type=click.Choice(list(catalog.TIERS)), help="only this tier")
+@click.option("--dry-run", is_flag=True, help="show what would be deleted; delete nothing")
+@FORMAT
+@pass_ctx
+def prune(ctx: Ctx, targets: tuple[str, ...], tier: str | None, dry_run: bool, fmt: str) -> None:
+    """Apply [retention]: each backup with keep/delete and the rule that decided it.
+
+    The newest complete backup of a target is never deleted."""
+    app = ctx.app()
+    names = [t.name for t in app.config.select(targets)]
+    with app.lock("prune"), recorded(app, "prune", names) as rec:
+        rows = prune_action.run(app, names, [tier] if tier else None, dry_run)
+        rec["deleted"] = [r.id for r in rows if not r.keep and not dry_run]
+    verb = "would delete" if dry_run else "deleted"
+
+    def text() -> str:
+        if not rows:
+            return "no complete backups"
+        width = max(len(r.id) for r in rows)
+        return "\n".join(
+            f"{r.id:<{width}}  {'keep' if r.keep else verb:<12}  {r.reason}" for r in rows
+        )
+
+    emit(fmt, {"dry_run": dry_run, "backups": [r.as_dict() for r in rows]}, text)
 
 
 @cli.command()

@@ -199,10 +199,16 @@ def _symlink_problem(parts: tuple[str, ...], target: str, root: tuple[str, ...])
 
 
 class _Model:
-    """What the archive has put where so far (one entry per path, no data), so a member
-    that would land under a symlink or a file, replace an earlier member, or hard-link
-    to anything but an earlier regular file of its root is refused, by scan as by extract.
+    """What the archive has put where so far, so a member that would land under a
+    symlink or a file, replace an earlier member, or hard-link to anything but an
+    earlier regular file of its root is refused, by scan as by extract.
+
+    A tree with one small entry per path (no data): `"{parent id}/{name}"` maps to
+    `id << 2 | kind`, so checking a member costs one lookup per component however
+    deep or long its name is.
     """
+
+    _KINDS = (_DIR, _FILE, _SYMLINK, _HARDLINK)
 
     def __init__(self, roots: Sequence[str]) -> None:
         self.roots: dict[tuple[str, ...], str] = {}
@@ -217,7 +223,25 @@ class _Model:
                         f"roots {self.roots[a]!r} and {self.roots[b]!r} nest; "
                         "a member could belong to both"
                     )
-        self.kinds: dict[str, str] = {}
+        self._tree: dict[str, int] = {}
+        self._ids = 0  # 0 is the top of the archive
+
+    def _find(self, parts: tuple[str, ...]) -> tuple[int, int, str | None]:
+        """How many leading components exist, the id of the last of them, and its kind."""
+        node, found, kind = 0, 0, None
+        for comp in parts:
+            entry = self._tree.get(f"{node}/{comp}")
+            if entry is None:
+                break
+            node, found, kind = entry >> 2, found + 1, self._KINDS[entry & 3]
+            if kind != _DIR and found < len(parts):
+                break
+        return found, node, kind
+
+    def _add(self, parent: int, comp: str, kind: str) -> int:
+        self._ids += 1
+        self._tree[f"{parent}/{comp}"] = self._ids << 2 | self._KINDS.index(kind)
+        return self._ids
 
     def admit(self, member: tarfile.TarInfo) -> _Plan:
         """Check one member against the roots and everything before it; raise
@@ -233,20 +257,14 @@ class _Model:
         if not rest and kind not in (_DIR, _FILE):
             raise UnsafeArchive(name, f"a root must be a directory or a regular file, not a {kind}")
 
-        implicit: list[str] = []
-        for depth in range(len(root), len(parts)):
-            above = "/".join(parts[:depth])
-            seen = self.kinds.get(above)
-            if seen is None:
-                implicit.append(above)
-            elif seen != _DIR:
-                raise UnsafeArchive(
-                    name, f"{above!r} is a {seen} earlier in the archive; not writing through it"
-                )
-        key = "/".join(parts)
-        seen = self.kinds.get(key)
-        if seen is not None and not (seen == _DIR and kind == _DIR):
-            raise UnsafeArchive(name, f"would replace the {seen} {key!r} earlier in the archive")
+        found, node, seen = self._find(parts)
+        if found < len(parts) and seen is not None and seen != _DIR:
+            above = "/".join(parts[:found])
+            raise UnsafeArchive(
+                name, f"{above!r} is a {seen} earlier in the archive; not writing through it"
+            )
+        if found == len(parts) and not (seen == _DIR and kind == _DIR):
+            raise UnsafeArchive(name, f"would replace the {seen} {name!r} earlier in the archive")
 
         link_rest: tuple[str, ...] = ()
         if kind == _SYMLINK:
@@ -261,7 +279,8 @@ class _Model:
                     f"hard link target {member.linkname!r} is outside its root "
                     f"{self.roots[root]!r}",
                 )
-            if self.kinds.get("/".join(target)) != _FILE or len(target) == len(root):
+            got, _, target_kind = self._find(target)
+            if got < len(target) or target_kind != _FILE or len(target) == len(root):
                 raise UnsafeArchive(
                     name,
                     f"hard link target {member.linkname!r} is not an earlier regular file "
@@ -269,9 +288,10 @@ class _Model:
                 )
             link_rest = target[len(root) :]
 
-        for above in implicit:
-            self.kinds[above] = _DIR
-        self.kinds[key] = kind
+        if found < len(parts):
+            for comp in parts[found:-1]:  # directories the member implies
+                node = self._add(node, comp, _DIR)
+            self._add(node, parts[-1], kind)
         return _Plan(self.roots[root], rest, kind, link_rest)
 
     @staticmethod
@@ -433,11 +453,20 @@ class _Writer:
 
     def _parent(self, root: str, comps: tuple[str, ...], member: str) -> int:
         key = (root, comps)
-        if key != self._parent_key:
-            self._drop_parent()
-            self._parent_fd = self._walk(root, comps, member, create=True)
-            self._parent_key = key
-        return self._parent_fd
+        if key == self._parent_key:
+            return self._parent_fd
+        cached = self._parent_key
+        if cached is not None and comps and cached == (root, comps[:-1]):
+            # one level down from the last parent (a directory's first entry): no re-walk
+            path = self._path(root, comps)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(comps[-1], 0o777, dir_fd=self._parent_fd)
+            fd = _open_dir(comps[-1], self._parent_fd, path, member)
+        else:
+            fd = self._walk(root, comps, member, create=True)
+        self._drop_parent()
+        self._parent_fd, self._parent_key = fd, key
+        return fd
 
     def _drop_parent(self) -> None:
         if self._parent_key is not None:

@@ -42,6 +42,7 @@ class BackupResult:
     target: str
     ok: bool
     id: str | None = None
+    tier: str | None = None
     bytes: int = 0
     duration_s: float = 0.0
     error: str | None = None
@@ -164,7 +165,9 @@ def run(app: App, tier: str, targets: tuple[Target, ...]) -> list[BackupResult]:
         try:
             manifest = backup_target(app, target, tier)
             results.append(
-                BackupResult(target.name, True, manifest.id, manifest.size, manifest.duration_s)
+                BackupResult(
+                    target.name, True, manifest.id, tier, manifest.size, manifest.duration_s
+                )
             )
         except PyopsError as exc:
             log.error("backup %s: FAILED: %s", target.name, exc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,7 @@ def deep_check(
             tally = tarsafe.scan(decoded, source_roots)
     except tarsafe.UnsafeArchive as exc:
         raise VerifyFailed(f"{manifest.id}: unsafe archive: {exc}") from None
-    except (tarsafe.tarfile.TarError, EOFError) as exc:
+    except (tarfile.TarError, EOFError) as exc:
         raise VerifyFailed(f"{manifest.id}: damaged tar stream: {exc}") from None
     got = {"files": tally.files, "bytes": tally.bytes}
     _check_tally(manifest, got)
