@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +23,7 @@ from pyops import __version__, catalog, config, runlog
 from pyops.actions import backup as backup_action
 from pyops.actions import prune as prune_action
 from pyops.actions import restore as restore_action
+from pyops.actions import sync as sync_action
 from pyops.actions import verify as verify_action
 from pyops.app import App
 from pyops.errors import EXIT_FAILED, EXIT_USAGE, PyopsError
@@ -81,7 +82,8 @@ def setup_logging(verbose: int, quiet: bool, fmt: str) -> None:
     root.setLevel(level)
     if not verbose:
         logging.getLogger("plumbum").setLevel(logging.WARNING)
-        logging.getLogger("gnupg").setLevel(logging.WARNING)
+        for noisy in ("gnupg", "botocore", "boto3", "urllib3", "s3transfer"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -237,33 +239,30 @@ def _toml(data: dict[str, Any]) -> str:
     help="auto: monthly on the 1st, weekly on Sunday, else daily (UTC)",
 )
 @click.option("--target", "targets", multiple=True, metavar="NAME", help="only these targets")
+@click.option("--no-offsite", is_flag=True, help="do not upload to the [offsite] bucket")
 @click.option("--no-prune", is_flag=True, help="do not apply retention to the tier written")
 @FORMAT
 @pass_ctx
-def backup(ctx: Ctx, tier: str, targets: tuple[str, ...], no_prune: bool, fmt: str) -> None:
-    """Back up every (or the named) target, then prune the tier it wrote.
+def backup(
+    ctx: Ctx, tier: str, targets: tuple[str, ...], no_offsite: bool, no_prune: bool, fmt: str
+) -> None:
+    """Back up every (or the named) target, copy it offsite, then prune the tier it wrote.
 
-    Only a target whose backup succeeded in this run is pruned."""
+    Only a target whose backup (and upload) succeeded in this run is pruned."""
     app = ctx.app()
     selected = app.config.select(targets)
     if not selected:
         raise PyopsError("no targets configured: add [[targets]] to the config")
     with app.lock("backup"), recorded(app, "backup", [t.name for t in selected]) as rec:
-        results = backup_action.run(app, tier, selected)
+        results = backup_action.run(app, tier, selected, offsite=not no_offsite, prune=not no_prune)
         rec["bytes"] = sum(r.bytes for r in results)
         rec["backups"] = [r.as_dict() for r in results]
         failed = [r for r in results if not r.ok]
-        pruned: list[prune_action.PruneRow] = []
-        if not no_prune:
-            for r in results:
-                if r.ok and r.tier:
-                    pruned += prune_action.run(app, [r.target], [r.tier, "pre-restore"], False)
-        rec["pruned"] = [p.id for p in pruned if not p.keep]
         if failed:
             rec["result"] = "failed"
     emit(
         fmt,
-        {"backups": [r.as_dict() for r in results], "pruned": rec["pruned"]},
+        {"backups": [r.as_dict() for r in results]},
         lambda: "\n".join(
             f"{r.target}: ok {r.id} {human(r.bytes)}" if r.ok else f"{r.target}: FAILED {r.error}"
             for r in results
@@ -285,37 +284,41 @@ def _age(started: datetime) -> str:
 @cli.command("list")
 @click.option("--target", metavar="NAME")
 @click.option("--tier", type=click.Choice(list(catalog.TIERS)))
+@click.option("--remote", is_flag=True, help="list what the [offsite] bucket holds")
 @FORMAT
 @pass_ctx
-def list_(ctx: Ctx, target: str | None, tier: str | None, fmt: str) -> None:
+def list_(ctx: Ctx, target: str | None, tier: str | None, remote: bool, fmt: str) -> None:
     """Complete backups, newest first."""
     app = ctx.app()
-    if target:
-        app.config.target(target)
-    backups = catalog.complete_backups(app.repo, target=target, tier=tier)
+    if remote:
+        manifests = sync_action.remote_manifests(app, target, tier)
+        offsite = dict.fromkeys((m.id for m in manifests), True)
+    else:
+        manifests = [b.manifest for b in catalog.complete_backups(app.repo, target, tier)]
+        offsite = {m.id: sync_action.known_offsite(app, m) for m in manifests}
     rows: list[dict[str, Any]] = [
         {
-            "id": b.id,
-            "target": b.manifest.target,
-            "tier": b.manifest.tier,
-            "time": b.manifest.started_at,
-            "size": b.manifest.size,
-            "encrypted": b.manifest.encrypted,
-            "offsite": None,
+            "id": m.id,
+            "target": m.target,
+            "tier": m.tier,
+            "time": m.started_at,
+            "size": m.size,
+            "encrypted": m.encrypted,
+            "offsite": offsite[m.id],
         }
-        for b in backups
+        for m in manifests
     ]
 
     def text() -> str:
         if not rows:
             return "no complete backups"
         width = max(len(r["id"]) for r in rows)
-        out = [f"{'ID':<{width}}  {'TIER':<11} {'TIME (UTC)':<20} {'SIZE':>10}  ENCRYPTED"]
+        out = [f"{'ID':<{width}}  {'TIER':<11} {'TIME (UTC)':<20} {'SIZE':>10}  ENCRYPTED OFFSITE"]
         for r in rows:
             when = datetime.fromisoformat(r["time"]).strftime("%Y-%m-%d %H:%M:%S")
             out.append(
                 f"{r['id']:<{width}}  {r['tier']:<11} {when:<20} {human(r['size']):>10}  "
-                f"{'yes' if r['encrypted'] else 'no'}"
+                f"{'yes' if r['encrypted'] else 'no':<9} {'yes' if r['offsite'] else 'no'}"
             )
         return "\n".join(out)
 
@@ -332,6 +335,7 @@ def list_(ctx: Ctx, target: str | None, tier: str | None, fmt: str) -> None:
     is_flag=True,
     help="also decrypt and decompress everything and check its structure and content",
 )
+@click.option("--remote", is_flag=True, help="verify the copies in the [offsite] bucket")
 @FORMAT
 @pass_ctx
 def verify(
@@ -341,20 +345,22 @@ def verify(
     all_: bool,
     target: str | None,
     deep: bool,
+    remote: bool,
     fmt: str,
 ) -> None:
-    """Check backups against their manifests."""
+    """Check backups against their manifests (default: the newest of each target)."""
     if sum(map(bool, (ids, latest, all_))) > 1:
         raise click.UsageError("give IDs, --latest or --all, not several")
     app = ctx.app()
-    if target:
-        app.config.target(target)
-    backups = verify_action.select(app, ids, latest, all_, target)
+    if remote:
+        manifests = verify_action.pick(sync_action.remote_manifests(app, target, None), ids, all_)
+    else:
+        manifests = [b.manifest for b in verify_action.select(app, ids, latest, all_, target)]
     with (
         app.lock("verify"),
-        recorded(app, "verify", sorted({b.manifest.target for b in backups})) as rec,
+        recorded(app, "verify", sorted({m.target for m in manifests})) as rec,
     ):
-        results = verify_action.run(app, backups, deep)
+        results = verify_action.run(app, manifests, deep, remote)
         rec["verified"] = [r.as_dict() for r in results]
         if not all(r.ok for r in results):
             rec["result"] = "failed"
@@ -379,6 +385,7 @@ def verify(
 @click.option("--into", metavar="DB_OR_PATH", help="restore into a new database / path instead")
 @click.option("--yes", is_flag=True, help="do not ask for the target name")
 @click.option("--no-safety-backup", is_flag=True, help="skip the pre-restore backup")
+@click.option("--remote", is_flag=True, help="fetch the backup from the [offsite] bucket first")
 @click.option(
     "--jobs",
     type=click.IntRange(1, 64),
@@ -395,6 +402,7 @@ def restore(
     into: str | None,
     yes: bool,
     no_safety_backup: bool,
+    remote: bool,
     jobs: int,
 ) -> None:
     """Restore a backup: preview, confirm, safety backup, restore beside, check, swap."""
@@ -403,8 +411,12 @@ def restore(
     app = ctx.app()
     if target:
         app.config.target(target)
-    chosen = restore_action.choose(app, backup_id, latest, target)
-    with app.lock("restore"), recorded(app, "restore", [chosen.manifest.target]) as rec:
+    with app.lock("restore"), recorded(app, "restore", [target or ""]) as rec:
+        if remote:
+            chosen = sync_action.fetch(app, sync_action.find_remote(app, backup_id, target))
+        else:
+            chosen = restore_action.choose(app, backup_id, latest, target)
+        rec["targets"] = [chosen.manifest.target]
         prepared = restore_action.prepare(app, chosen, into)
         click.echo(prepared.preview("", _age(chosen.manifest.started)), err=True)
 
@@ -435,16 +447,25 @@ def restore(
 @click.option("--target", "targets", multiple=True, metavar="NAME")
 @click.option("--tier", type=click.Choice(list(catalog.TIERS)), help="only this tier")
 @click.option("--dry-run", is_flag=True, help="show what would be deleted; delete nothing")
+@click.option("--remote", is_flag=True, help="prune the [offsite] bucket instead")
 @FORMAT
 @pass_ctx
-def prune(ctx: Ctx, targets: tuple[str, ...], tier: str | None, dry_run: bool, fmt: str) -> None:
+def prune(
+    ctx: Ctx, targets: tuple[str, ...], tier: str | None, dry_run: bool, remote: bool, fmt: str
+) -> None:
     """Apply [retention]: each backup with keep/delete and the rule that decided it.
 
-    The newest complete backup of a target is never deleted."""
+    The newest complete backup of a target is never deleted; remotely, objects still
+    under object lock are skipped and reported."""
     app = ctx.app()
     names = [t.name for t in app.config.select(targets)]
+    tiers = [tier] if tier else None
     with app.lock("prune"), recorded(app, "prune", names) as rec:
-        rows = prune_action.run(app, names, [tier] if tier else None, dry_run)
+        rows: Sequence[prune_action.PruneRow | sync_action.RemotePruneRow] = (
+            sync_action.prune_remote(app, names, tiers, dry_run)
+            if remote
+            else prune_action.run(app, names, tiers, dry_run)
+        )
         rec["deleted"] = [r.id for r in rows if not r.keep and not dry_run]
     verb = "would delete" if dry_run else "deleted"
 
@@ -457,6 +478,47 @@ def prune(ctx: Ctx, targets: tuple[str, ...], tier: str | None, dry_run: bool, f
         )
 
     emit(fmt, {"dry_run": dry_run, "backups": [r.as_dict() for r in rows]}, text)
+
+
+@cli.command()
+@click.option("--target", "targets", multiple=True, metavar="NAME")
+@click.option("--check", is_flag=True, help="only report what differs; change nothing")
+@FORMAT
+@pass_ctx
+def sync(ctx: Ctx, targets: tuple[str, ...], check: bool, fmt: str) -> None:
+    """Upload complete local backups the bucket lacks; check remote checksums.
+
+    Idempotent: a backup already offsite with the manifest's sha256 is not re-sent."""
+    app = ctx.app()
+    names = [t.name for t in app.config.select(targets)]
+    if check:
+        drift = sync_action.reconcile(app, names)
+        emit(
+            fmt,
+            {"drift": [d.as_dict() for d in drift]},
+            lambda: (
+                "\n".join(f"{d.id}: {d.problem}" for d in drift) or "bucket and manifests agree"
+            ),
+        )
+        if drift:
+            raise SystemExit(EXIT_FAILED)
+        return
+    with app.lock("sync"), recorded(app, "sync", names) as rec:
+        result = sync_action.sync(app, names)
+        rec.update(result.as_dict())
+        if result.failed:
+            rec["result"] = "failed"
+    emit(
+        fmt,
+        result.as_dict(),
+        lambda: (
+            f"uploaded {len(result.uploaded)}, already offsite {len(result.present)}, "
+            f"failed {len(result.failed)}"
+            + "".join(f"\n{k}: FAILED {v}" for k, v in result.failed.items())
+        ),
+    )
+    if result.failed:
+        raise SystemExit(EXIT_FAILED)
 
 
 @cli.command()

@@ -81,6 +81,7 @@ class OffsiteConfig:
     sse: Literal["AES256", "aws:kms", "none"] = opt("AES256", "AES256 | aws:kms | none")
     kms_key_id: str = opt("", "aws:kms: the key id")
     object_lock_days: int = opt(0, ">0: COMPLIANCE retain-until on every object")
+    concurrency: int = opt(2, "parts uploaded at once (memory: concurrency x part size)")
 
 
 @dataclass(frozen=True)
@@ -359,6 +360,10 @@ def _check_rules(config: Config) -> None:
     for i, rule in enumerate(config.maintenance.cleanup):
         if rule.target not in seen:
             raise ConfigError(f"maintenance.cleanup[{i}].target", f"unknown target {rule.target!r}")
+    if config.offsite.concurrency < 1:
+        raise ConfigError("offsite.concurrency", "must be at least 1")
+    if config.offsite.object_lock_days < 0:
+        raise ConfigError("offsite.object_lock_days", "must not be negative")
     if config.offsite.sse == "aws:kms" and not config.offsite.kms_key_id:
         raise ConfigError("offsite.kms_key_id", "sse = 'aws:kms' needs a key id")
 

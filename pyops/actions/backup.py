@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -46,6 +46,8 @@ class BackupResult:
     bytes: int = 0
     duration_s: float = 0.0
     error: str | None = None
+    offsite: bool = False
+    pruned: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -156,22 +158,44 @@ def backup_target(app: App, target: Target, tier: str) -> Manifest:
     return manifest
 
 
-def run(app: App, tier: str, targets: tuple[Target, ...]) -> list[BackupResult]:
-    """Back up each target; one failing target does not stop the others."""
+def run(
+    app: App, tier: str, targets: tuple[Target, ...], *, offsite: bool, prune: bool
+) -> list[BackupResult]:
+    """Back up each target, copy it offsite, then prune the tier written. One failing
+    target does not stop the others; a target whose backup or upload failed is not
+    pruned (its older copies may be the only good ones)."""
+    from pyops.actions import prune as prune_action
+    from pyops.actions import sync
+
     tier = resolve_tier(tier, app.clock())
+    use_offsite = offsite and bool(app.config.offsite.bucket)
     results = []
     for target in targets:
         t0 = time.monotonic()
         try:
             manifest = backup_target(app, target, tier)
-            results.append(
-                BackupResult(
-                    target.name, True, manifest.id, tier, manifest.size, manifest.duration_s
-                )
-            )
         except PyopsError as exc:
             log.error("backup %s: FAILED: %s", target.name, exc)
             results.append(
                 BackupResult(target.name, False, duration_s=time.monotonic() - t0, error=str(exc))
             )
+            continue
+        result = BackupResult(
+            target.name, True, manifest.id, tier, manifest.size, manifest.duration_s
+        )
+        results.append(result)
+        tiers = [tier, "pre-restore"]
+        try:
+            if use_offsite:
+                sync.upload_after_backup(app, manifest.id)
+                result.offsite = True
+            if prune:
+                rows = prune_action.run(app, [target.name], tiers, dry_run=False)
+                result.pruned = [r.id for r in rows if not r.keep]
+                if use_offsite:
+                    sync.prune_remote(app, [target.name], tiers, dry_run=False)
+        except PyopsError as exc:
+            result.ok = False
+            result.error = f"{exc} (the local backup {manifest.id} is kept)"
+            log.error("backup %s: %s", target.name, result.error)
     return results

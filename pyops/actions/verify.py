@@ -1,16 +1,18 @@
 """pyops verify: checksums against the manifest; --deep decodes the whole stream and
-checks its structure and content facts."""
+checks its structure and content facts. Local files or, with --remote, the objects
+in the bucket (streamed, never written)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from pyops import catalog
 from pyops.app import App
 from pyops.artifact import read_chunks
-from pyops.catalog import Backup
+from pyops.catalog import Backup, Manifest
 from pyops.errors import PyopsError, StageFailed, VerifyFailed
 from pyops.sources import module
 from pyops.stream import Checksum
@@ -24,10 +26,27 @@ class VerifyResult:
     id: str
     ok: bool
     deep: bool
+    remote: bool = False
     error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
+
+
+def pick(manifests: list[Manifest], ids: tuple[str, ...], all_: bool) -> list[Manifest]:
+    """IDs, every one, or (the default) the newest of each target. Input newest first."""
+    if ids:
+        by_id = {m.id: m for m in manifests}
+        missing = [i for i in ids if i not in by_id]
+        if missing:
+            raise PyopsError(f"no complete backup {', '.join(missing)} (see `pyops list`)")
+        return [by_id[i] for i in ids]
+    if all_:
+        return manifests
+    newest: dict[str, Manifest] = {}
+    for m in manifests:
+        newest.setdefault(m.target, m)
+    return list(newest.values())
 
 
 def select(
@@ -36,22 +55,8 @@ def select(
     if ids:
         return [catalog.find(app.repo, i) for i in ids]
     backups = catalog.complete_backups(app.repo, target=target)
-    if all_:
-        return backups
-    newest: dict[str, Backup] = {}
-    for b in backups:  # newest first
-        newest.setdefault(b.manifest.target, b)
-    return list(newest.values())
-
-
-def checksum(backup: Backup) -> None:
-    path = backup.artifact_path
-    if not path.exists():
-        raise VerifyFailed(f"{backup.id}: artifact {path.name} is missing")
-    check = Checksum(backup.manifest)
-    for _ in check.through(read_chunks(path)):
-        pass
-    check.check()
+    chosen = {m.id for m in pick([b.manifest for b in backups], (), all_)}
+    return [b for b in backups if b.id in chosen]
 
 
 def head(backup: Backup) -> bytes:
@@ -59,34 +64,60 @@ def head(backup: Backup) -> bytes:
         return f.read(HEAD)
 
 
-def deep(app: App, backup: Backup) -> None:
-    manifest = backup.manifest
+def _local_chunks(app: App, manifest: Manifest) -> Iterator[bytes]:
+    backup = catalog.find(app.repo, manifest.id)
+    if not backup.artifact_path.exists():
+        raise VerifyFailed(f"{manifest.id}: artifact {backup.artifact_path.name} is missing")
+    return read_chunks(backup.artifact_path)
+
+
+def _remote_chunks(app: App, manifest: Manifest) -> Iterator[bytes]:
+    from pyops.actions.sync import offsite
+
+    store = offsite(app)
+    key = store.artifact_key(manifest)
+    if store.head(key) is None:
+        raise VerifyFailed(f"{manifest.id}: object {key} is missing from the bucket")
+    return store.stream(key)
+
+
+def checksum(manifest: Manifest, chunks: Iterable[bytes]) -> None:
+    check = Checksum(manifest)
+    for _ in check.through(chunks):
+        pass
+    check.check()
+
+
+def deep(app: App, manifest: Manifest, chunks: Iterable[bytes]) -> None:
     codec = app.codec
-    if manifest.encrypted:
-        codec.probe_decrypt(head(backup), backup.id)
-    with app.scratch(f"verify-{backup.id}") as scratch, codec.decoder(manifest) as decoders:
+    with app.scratch(f"verify-{manifest.id}") as scratch, codec.decoder(manifest) as decoders:
         check = Checksum(manifest)
         try:
-            module(manifest.type).deep_check(
-                manifest, check.through(read_chunks(backup.artifact_path)), decoders, scratch
-            )
+            module(manifest.type).deep_check(manifest, check.through(chunks), decoders, scratch)
         except StageFailed as exc:
-            raise VerifyFailed(f"{backup.id}: stream does not decode: {exc}") from None
+            raise VerifyFailed(f"{manifest.id}: stream does not decode: {exc}") from None
+        check.check()
 
 
-def verify_one(app: App, backup: Backup, deep_: bool) -> VerifyResult:
+def verify_one(app: App, manifest: Manifest, deep_: bool, remote: bool) -> VerifyResult:
+    source = _remote_chunks if remote else _local_chunks
     try:
-        checksum(backup)
-        if deep_:
-            deep(app, backup)
+        if remote and deep_:
+            deep(app, manifest, source(app, manifest))  # one pass over the network
+        else:
+            checksum(manifest, source(app, manifest))
+            if deep_:
+                if manifest.encrypted:
+                    app.codec.probe_decrypt(head(catalog.find(app.repo, manifest.id)), manifest.id)
+                deep(app, manifest, source(app, manifest))
     except PyopsError as exc:
-        log.error("verify %s: FAILED: %s", backup.id, exc)
-        return VerifyResult(backup.id, False, deep_, str(exc))
-    log.info("verify %s: ok%s", backup.id, " (deep)" if deep_ else "")
-    return VerifyResult(backup.id, True, deep_)
+        log.error("verify %s: FAILED: %s", manifest.id, exc)
+        return VerifyResult(manifest.id, False, deep_, remote, str(exc))
+    log.info("verify %s: ok%s%s", manifest.id, " (deep)" if deep_ else "", " (remote)" * remote)
+    return VerifyResult(manifest.id, True, deep_, remote)
 
 
-def run(app: App, backups: list[Backup], deep_: bool) -> list[VerifyResult]:
-    if not backups:
+def run(app: App, manifests: list[Manifest], deep_: bool, remote: bool) -> list[VerifyResult]:
+    if not manifests:
         raise PyopsError("no complete backups to verify (see `pyops list`)")
-    return [verify_one(app, b, deep_) for b in backups]
+    return [verify_one(app, m, deep_, remote) for m in manifests]

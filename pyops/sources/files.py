@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -83,9 +82,8 @@ def deep_check(
         with stream.decoded(chunks, decoders) as decoded:
             tally = tarsafe.scan(decoded, source_roots)
     except tarsafe.UnsafeArchive as exc:
-        raise VerifyFailed(f"{manifest.id}: unsafe archive: {exc}") from None
-    except (tarfile.TarError, EOFError) as exc:
-        raise VerifyFailed(f"{manifest.id}: damaged tar stream: {exc}") from None
+        kind = "damaged tar stream" if exc.member is None else "unsafe archive"
+        raise VerifyFailed(f"{manifest.id}: {kind}: {exc}") from None
     got = {"files": tally.files, "bytes": tally.bytes}
     _check_tally(manifest, got)
     return got
