@@ -35,7 +35,7 @@ class S3:
             f"object_lock_days = {object_lock_days}\n{extra}\n"
         )
 
-    def keys(self) -> list[str]:
+    def object_keys(self) -> list[str]:
         found = self.client.list_objects_v2(Bucket=self.bucket).get("Contents", [])
         return sorted(o["Key"] for o in found)
 

@@ -38,7 +38,7 @@ def test_upload_list_verify_restore_from_the_bucket_alone(
     assert backup["backups"][0]["offsite"] is True
     local = next((tmp_path / "repo").rglob("*.manifest.json"))
     host = json.loads(local.read_text())["host"]
-    keys = s3.keys()
+    keys = s3.object_keys()
     assert keys == [
         f"pyops/{host}/notes/daily/{backup_id}.manifest.json",
         f"pyops/{host}/notes/daily/{backup_id}.sqlite3.zst",
@@ -73,7 +73,7 @@ def test_upload_list_verify_restore_from_the_bucket_alone(
 def test_remote_object_overwritten_is_detected(tmp_path: Path, s3: S3, sqlite_source: Path) -> None:
     config = sqlite_config(tmp_path, s3, sqlite_source)
     ok(run_pyops(config, "backup"))
-    artifact = next(k for k in s3.keys() if k.endswith(".zst"))
+    artifact = next(k for k in s3.object_keys() if k.endswith(".zst"))
     meta = s3.client.head_object(Bucket=s3.bucket, Key=artifact)["Metadata"]
     s3.client.put_object(Bucket=s3.bucket, Key=artifact, Body=b"not a backup", Metadata=meta)
     result = run_pyops(config, "verify", "--remote")
@@ -109,7 +109,7 @@ def test_unreachable_store_keeps_local_backup_and_sync_catches_up(
     assert "cannot reach" in failed.stderr and "kept" in failed.stderr
     listed = json.loads(ok(run_pyops(config, "list", "--format", "json")).stdout)["backups"]
     assert len(listed) == 1 and listed[0]["offsite"] is False
-    assert s3.keys() == []
+    assert s3.object_keys() == []
 
     config = sqlite_config(tmp_path, s3, sqlite_source)  # the store is back
     synced = json.loads(ok(run_pyops(config, "sync", "--format", "json")).stdout)
@@ -132,7 +132,7 @@ def test_retention_locally_and_in_the_bucket_with_object_lock(
     remote = json.loads(ok(run_pyops(unlocked, "list", "--remote", "--format", "json")).stdout)
     assert len(local) == 2
     assert [b["id"] for b in remote["backups"]] == [b["id"] for b in local]
-    assert len(s3.keys()) == 4  # artifact + manifest each, nothing else
+    assert len(s3.object_keys()) == 4  # artifact + manifest each, nothing else
 
     locked = sqlite_config(
         tmp_path, s3, sqlite_source, lock_days=1, extra="[retention]\ndaily = 1\n"
@@ -183,7 +183,7 @@ def test_large_artifact_goes_up_in_parts_with_flat_memory(tmp_path: Path, s3: S3
     )
     assert result.returncode == 0, result.stderr
     peak_kib = int(result.stdout.strip().splitlines()[-1])
-    artifact = next(k for k in s3.keys() if k.endswith(".tar.zst"))
+    artifact = next(k for k in s3.object_keys() if k.endswith(".tar.zst"))
     head = s3.client.head_object(Bucket=s3.bucket, Key=artifact)
     assert head["ContentLength"] >= 64 << 20
     assert head["ETag"].strip('"').endswith(tuple(f"-{n}" for n in range(2, 100)))  # multipart
@@ -196,4 +196,4 @@ def test_no_offsite_flag_uploads_nothing(
 ) -> None:
     config = sqlite_config(tmp_path, s3, sqlite_source)
     ok(run_pyops(config, "backup", flag))
-    assert s3.keys() == []
+    assert s3.object_keys() == []
