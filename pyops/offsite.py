@@ -118,11 +118,13 @@ class Offsite:
                 f"{what} failed at {self.describe()}: {err.get('Code')}: {err.get('Message')}"
             ) from None
         except BotoCoreError as exc:
-            raise OffsiteError(
-                f"{what} failed: cannot reach {self.describe()}: {exc}. Check the network, "
-                "endpoint_url and credentials; the local backup is kept and `pyops sync` "
-                "uploads it later"
-            ) from None
+            raise self._unreachable(what, exc) from None
+
+    def _unreachable(self, what: str, exc: Exception) -> OffsiteError:
+        return OffsiteError(
+            f"{what} failed: cannot reach {self.describe()}: {exc}. Check the network, "
+            "endpoint_url and credentials; local backups stay and `pyops sync` uploads them"
+        )
 
     def _object_args(self, sha256: str) -> dict[str, Any]:
         args: dict[str, Any] = {"Metadata": {"sha256": sha256}}
@@ -288,7 +290,7 @@ class Offsite:
             body.close()
 
     def head(self, key: str) -> RemoteObject | None:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             answer = self.client.head_object(Bucket=self.config.bucket, Key=key)
@@ -296,6 +298,8 @@ class Offsite:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise OffsiteError(f"head of {key} failed: {exc}") from None
+        except BotoCoreError as exc:
+            raise self._unreachable(f"head of {key}", exc) from None
         return RemoteObject(
             key=key,
             size=int(answer["ContentLength"]),

@@ -144,7 +144,7 @@ def client_for(target: PostgresTarget, server_major: int, name: str) -> tuple[Pa
 # --- dump ---------------------------------------------------------------------
 
 
-def _count_rows(conn: psycopg.Connection[Any], tables: list[tuple[str, str]]) -> dict[str, int]:
+def count_rows(conn: psycopg.Connection[Any], tables: list[tuple[str, str]]) -> dict[str, int]:
     counts = {}
     with conn.cursor() as cur:
         for schema, table in tables:
@@ -178,7 +178,7 @@ def dump(target: PostgresTarget, scratch: Path) -> Iterator[Dump]:
         counts: dict[str, dict[str, int]] = {}
 
         def count() -> None:
-            counts["tables"] = _count_rows(conn, tables)
+            counts["tables"] = count_rows(conn, tables)
 
         join = in_thread(count)
         source = {
@@ -357,7 +357,7 @@ def _create_db(conn: psycopg.Connection[Any], name: str, manifest: Manifest) -> 
         raise PyopsError(f"cannot create database {name}: {exc}".strip()) from None
 
 
-def _drop_db(target: PostgresTarget, name: str) -> None:
+def drop_database(target: PostgresTarget, name: str) -> None:
     with _maintenance_db(target) as conn:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
@@ -383,7 +383,7 @@ def restore(
         _load(target, manifest, chunks, decoders, conninfo(target, work), env, scratch, jobs)
     except BaseException:
         with contextlib.suppress(Exception):
-            _drop_db(target, work)
+            drop_database(target, work)
         raise
 
     def commit() -> str:
@@ -391,7 +391,7 @@ def restore(
             return f"restored into database {into}"
         return _swap(target, live, work, stamp)
 
-    return Staged(commit=commit, discard=lambda: _drop_db(target, work))
+    return Staged(commit=commit, discard=lambda: drop_database(target, work))
 
 
 def _load(
