@@ -93,7 +93,7 @@ class PostgresTarget:
     format: Literal["custom", "plain", "directory", "tar"] = opt(
         "custom", "custom | plain | directory | tar"
     )
-    jobs: int = opt(1, "pg_dump -j (directory format only)")
+    jobs: int = opt(1, "pg_dump -j; used by the directory format only (others ignore it)")
     pg_bin_dir: Path | None = opt(None, "where pg_dump lives; default: newest matching")
 
 
@@ -335,8 +335,6 @@ def _check_rules(config: Config) -> None:
             _check_dsn(t.dsn, f"{key}.dsn")
             if t.jobs < 1:
                 raise ConfigError(f"{key}.jobs", "must be at least 1")
-            if t.jobs > 1 and t.format != "directory":
-                raise ConfigError(f"{key}.jobs", "parallel dumps need format = 'directory'")
         if isinstance(t, FilesTarget):
             if not t.paths:
                 raise ConfigError(f"{key}.paths", "list at least one path")

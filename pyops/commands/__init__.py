@@ -1,0 +1,80 @@
+"""What every command shares: the context object, --format, output, the run log."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pyops import config, runlog
+from pyops.app import App
+
+log = logging.getLogger("pyops")
+FORMAT = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text for people, json (one document on stdout) for scripts",
+)
+
+
+class Ctx:
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = config_path
+        self._app: App | None = None
+
+    @property
+    def path(self) -> Path:
+        return config.find_config(self.config_path)
+
+    def app(self) -> App:
+        if self._app is None:
+            self._app = App(config.load(self.path))
+        return self._app
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+def emit(fmt: str, data: Any, text: Callable[[], str]) -> None:
+    if fmt == "json":
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        out = text()
+        if out:
+            click.echo(out)
+
+
+@contextmanager
+def recorded(app: App, command: str, targets: list[str]) -> Iterator[dict[str, Any]]:
+    """Append one line to the run log however the command ends."""
+    record: dict[str, Any] = {
+        "command": command,
+        "targets": targets,
+        "started_at": datetime.now(UTC).isoformat(),
+        "pid": os.getpid(),
+    }
+    t0 = time.monotonic()
+    try:
+        yield record
+        record.setdefault("result", "ok")
+    except BaseException as exc:
+        record["result"] = "failed"
+        record["error"] = str(exc) or type(exc).__name__
+        raise
+    finally:
+        record["duration_s"] = round(time.monotonic() - t0, 3)
+        try:
+            runlog.append(app.state, record)
+        except OSError as exc:
+            log.warning("could not write the run log: %s", exc)

@@ -1,0 +1,370 @@
+"""The data commands: backup, list, verify, restore, prune, sync, drill, history."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from pyops import catalog, runlog
+from pyops.actions import backup as backup_action
+from pyops.actions import drill as drill_action
+from pyops.actions import prune as prune_action
+from pyops.actions import restore as restore_action
+from pyops.actions import sync as sync_action
+from pyops.actions import verify as verify_action
+from pyops.commands import FORMAT, Ctx, emit, pass_ctx, recorded
+from pyops.errors import EXIT_FAILED, PyopsError
+from pyops.progress import human
+
+# --- backup / list / verify / restore / history ---------------------------------
+
+
+@click.command()
+@click.option(
+    "--tier",
+    type=click.Choice(["daily", "weekly", "monthly", "auto"]),
+    default="daily",
+    show_default=True,
+    help="auto: monthly on the 1st, weekly on Sunday, else daily (UTC)",
+)
+@click.option("--target", "targets", multiple=True, metavar="NAME", help="only these targets")
+@click.option("--no-offsite", is_flag=True, help="do not upload to the [offsite] bucket")
+@click.option("--no-prune", is_flag=True, help="do not apply retention to the tier written")
+@FORMAT
+@pass_ctx
+def backup(
+    ctx: Ctx, tier: str, targets: tuple[str, ...], no_offsite: bool, no_prune: bool, fmt: str
+) -> None:
+    """Back up every (or the named) target, copy it offsite, then prune the tier it wrote.
+
+    Only a target whose backup (and upload) succeeded in this run is pruned."""
+    app = ctx.app()
+    selected = app.config.select(targets)
+    if not selected:
+        raise PyopsError("no targets configured: add [[targets]] to the config")
+    with app.lock("backup"), recorded(app, "backup", [t.name for t in selected]) as rec:
+        results = backup_action.run(app, tier, selected, offsite=not no_offsite, prune=not no_prune)
+        rec["bytes"] = sum(r.bytes for r in results)
+        rec["backups"] = [r.as_dict() for r in results]
+        failed = [r for r in results if not r.ok]
+        if failed:
+            rec["result"] = "failed"
+    emit(
+        fmt,
+        {"backups": [r.as_dict() for r in results]},
+        lambda: "\n".join(
+            f"{r.target}: ok {r.id} {human(r.bytes)}" if r.ok else f"{r.target}: FAILED {r.error}"
+            for r in results
+        ),
+    )
+    if failed:
+        raise SystemExit(EXIT_FAILED)
+
+
+def _age(started: datetime) -> str:
+    seconds = int((datetime.now(UTC) - started).total_seconds())
+    if seconds < 3600:
+        return f"{seconds // 60}m"
+    if seconds < 86400 * 2:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"
+
+
+@click.command("list")
+@click.option("--target", metavar="NAME")
+@click.option("--tier", type=click.Choice(list(catalog.TIERS)))
+@click.option("--remote", is_flag=True, help="list what the [offsite] bucket holds")
+@FORMAT
+@pass_ctx
+def list_(ctx: Ctx, target: str | None, tier: str | None, remote: bool, fmt: str) -> None:
+    """Complete backups, newest first."""
+    app = ctx.app()
+    if remote:
+        manifests = sync_action.remote_manifests(app, target, tier)
+        offsite = dict.fromkeys((m.id for m in manifests), True)
+    else:
+        manifests = [b.manifest for b in catalog.complete_backups(app.repo, target, tier)]
+        offsite = {m.id: sync_action.known_offsite(app, m) for m in manifests}
+    rows: list[dict[str, Any]] = [
+        {
+            "id": m.id,
+            "target": m.target,
+            "tier": m.tier,
+            "time": m.started_at,
+            "size": m.size,
+            "encrypted": m.encrypted,
+            "offsite": offsite[m.id],
+        }
+        for m in manifests
+    ]
+
+    def text() -> str:
+        if not rows:
+            return "no complete backups"
+        width = max(len(r["id"]) for r in rows)
+        out = [f"{'ID':<{width}}  {'TIER':<11} {'TIME (UTC)':<20} {'SIZE':>10}  ENCRYPTED OFFSITE"]
+        for r in rows:
+            when = datetime.fromisoformat(r["time"]).strftime("%Y-%m-%d %H:%M:%S")
+            out.append(
+                f"{r['id']:<{width}}  {r['tier']:<11} {when:<20} {human(r['size']):>10}  "
+                f"{'yes' if r['encrypted'] else 'no':<9} {'yes' if r['offsite'] else 'no'}"
+            )
+        return "\n".join(out)
+
+    emit(fmt, {"backups": rows}, text)
+
+
+@click.command()
+@click.argument("ids", nargs=-1, metavar="[ID]...")
+@click.option("--latest", is_flag=True, help="the newest backup of each target (the default)")
+@click.option("--all", "all_", is_flag=True, help="every complete backup")
+@click.option("--target", metavar="NAME")
+@click.option(
+    "--deep",
+    is_flag=True,
+    help="also decrypt and decompress everything and check its structure and content",
+)
+@click.option("--remote", is_flag=True, help="verify the copies in the [offsite] bucket")
+@FORMAT
+@pass_ctx
+def verify(
+    ctx: Ctx,
+    ids: tuple[str, ...],
+    latest: bool,
+    all_: bool,
+    target: str | None,
+    deep: bool,
+    remote: bool,
+    fmt: str,
+) -> None:
+    """Check backups against their manifests (default: the newest of each target)."""
+    if sum(map(bool, (ids, latest, all_))) > 1:
+        raise click.UsageError("give IDs, --latest or --all, not several")
+    app = ctx.app()
+    if remote:
+        manifests = verify_action.pick(sync_action.remote_manifests(app, target, None), ids, all_)
+    else:
+        manifests = [b.manifest for b in verify_action.select(app, ids, latest, all_, target)]
+    with (
+        app.lock("verify"),
+        recorded(app, "verify", sorted({m.target for m in manifests})) as rec,
+    ):
+        results = verify_action.run(app, manifests, deep, remote)
+        rec["verified"] = [r.as_dict() for r in results]
+        if not all(r.ok for r in results):
+            rec["result"] = "failed"
+    emit(
+        fmt,
+        {"results": [r.as_dict() for r in results]},
+        lambda: "\n".join(
+            (f"{r.id}: ok" + (" (deep)" if r.deep else ""))
+            if r.ok
+            else f"{r.id}: FAILED: {r.error}"
+            for r in results
+        ),
+    )
+    if not all(r.ok for r in results):
+        raise SystemExit(EXIT_FAILED)
+
+
+@click.command()
+@click.argument("backup_id", required=False, metavar="[ID]")
+@click.option("--latest", is_flag=True, help="the newest backup (with --target when several)")
+@click.option("--target", metavar="NAME")
+@click.option("--into", metavar="DB_OR_PATH", help="restore into a new database / path instead")
+@click.option("--yes", is_flag=True, help="do not ask for the target name")
+@click.option("--no-safety-backup", is_flag=True, help="skip the pre-restore backup")
+@click.option("--remote", is_flag=True, help="fetch the backup from the [offsite] bucket first")
+@click.option(
+    "--jobs",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="parallel pg_restore (via a private decrypted scratch file)",
+)
+@pass_ctx
+def restore(
+    ctx: Ctx,
+    backup_id: str | None,
+    latest: bool,
+    target: str | None,
+    into: str | None,
+    yes: bool,
+    no_safety_backup: bool,
+    remote: bool,
+    jobs: int,
+) -> None:
+    """Restore a backup: preview, confirm, safety backup, restore beside, check, swap."""
+    if bool(backup_id) == bool(latest):
+        raise click.UsageError("give a backup ID or --latest")
+    app = ctx.app()
+    if target:
+        app.config.target(target)
+    with app.lock("restore"), recorded(app, "restore", [target or ""]) as rec:
+        if remote:
+            chosen = sync_action.fetch(app, sync_action.find_remote(app, backup_id, target))
+        else:
+            chosen = restore_action.choose(app, backup_id, latest, target)
+        rec["targets"] = [chosen.manifest.target]
+        prepared = restore_action.prepare(app, chosen, into)
+        click.echo(prepared.preview("", _age(chosen.manifest.started)), err=True)
+
+        def ask(prompt: str) -> str:
+            if yes:
+                return prepared.target.name
+            if not sys.stdin.isatty() and os.environ.get("PYOPS_CONFIRM_FROM_STDIN") != "1":
+                raise PyopsError(
+                    "refusing to restore without confirmation: run on a terminal "
+                    "or pass --yes; nothing was changed"
+                )
+            return str(click.prompt(prompt, default="", show_default=False, err=True))
+
+        summary = restore_action.run(
+            app,
+            prepared,
+            into,
+            confirm=restore_action.require_typed_name(ask),
+            safety_backup=not no_safety_backup,
+            jobs=jobs,
+        )
+        rec["backup"] = chosen.id
+        rec["bytes"] = chosen.manifest.size
+    click.echo(summary)
+
+
+@click.command()
+@click.option("--target", "targets", multiple=True, metavar="NAME")
+@click.option("--tier", type=click.Choice(list(catalog.TIERS)), help="only this tier")
+@click.option("--dry-run", is_flag=True, help="show what would be deleted; delete nothing")
+@click.option("--remote", is_flag=True, help="prune the [offsite] bucket instead")
+@FORMAT
+@pass_ctx
+def prune(
+    ctx: Ctx, targets: tuple[str, ...], tier: str | None, dry_run: bool, remote: bool, fmt: str
+) -> None:
+    """Apply [retention]: each backup with keep/delete and the rule that decided it.
+
+    The newest complete backup of a target is never deleted; remotely, objects still
+    under object lock are skipped and reported."""
+    app = ctx.app()
+    names = [t.name for t in app.config.select(targets)]
+    tiers = [tier] if tier else None
+    with app.lock("prune"), recorded(app, "prune", names) as rec:
+        rows: Sequence[prune_action.PruneRow | sync_action.RemotePruneRow] = (
+            sync_action.prune_remote(app, names, tiers, dry_run)
+            if remote
+            else prune_action.run(app, names, tiers, dry_run)
+        )
+        rec["deleted"] = [r.id for r in rows if not r.keep and not dry_run]
+    verb = "would delete" if dry_run else "deleted"
+
+    def text() -> str:
+        if not rows:
+            return "no complete backups"
+        width = max(len(r.id) for r in rows)
+        return "\n".join(
+            f"{r.id:<{width}}  {'keep' if r.keep else verb:<12}  {r.reason}" for r in rows
+        )
+
+    emit(fmt, {"dry_run": dry_run, "backups": [r.as_dict() for r in rows]}, text)
+
+
+@click.command()
+@click.option("--target", "targets", multiple=True, metavar="NAME")
+@click.option("--check", is_flag=True, help="only report what differs; change nothing")
+@FORMAT
+@pass_ctx
+def sync(ctx: Ctx, targets: tuple[str, ...], check: bool, fmt: str) -> None:
+    """Upload complete local backups the bucket lacks; check remote checksums.
+
+    Idempotent: a backup already offsite with the manifest's sha256 is not re-sent."""
+    app = ctx.app()
+    names = [t.name for t in app.config.select(targets)]
+    if check:
+        drift = sync_action.reconcile(app, names)
+        emit(
+            fmt,
+            {"drift": [d.as_dict() for d in drift]},
+            lambda: (
+                "\n".join(f"{d.id}: {d.problem}" for d in drift) or "bucket and manifests agree"
+            ),
+        )
+        if drift:
+            raise SystemExit(EXIT_FAILED)
+        return
+    with app.lock("sync"), recorded(app, "sync", names) as rec:
+        result = sync_action.sync(app, names)
+        rec.update(result.as_dict())
+        if result.failed:
+            rec["result"] = "failed"
+    emit(
+        fmt,
+        result.as_dict(),
+        lambda: (
+            f"uploaded {len(result.uploaded)}, already offsite {len(result.present)}, "
+            f"failed {len(result.failed)}"
+            + "".join(f"\n{k}: FAILED {v}" for k, v in result.failed.items())
+        ),
+    )
+    if result.failed:
+        raise SystemExit(EXIT_FAILED)
+
+
+@click.command()
+@click.option("--target", "targets", multiple=True, metavar="NAME")
+@click.option("--remote", is_flag=True, help="fetch each backup from the [offsite] bucket")
+@click.option("--keep", is_flag=True, help="keep the scratch database / directory")
+@FORMAT
+@pass_ctx
+def drill(ctx: Ctx, targets: tuple[str, ...], remote: bool, keep: bool, fmt: str) -> None:
+    """Disaster-recovery drill: restore each target's latest backup into scratch, compare
+    with the manifest, report the time to recover (RTO). Never touches live data."""
+    app = ctx.app()
+    selected = app.config.select(targets)
+    with app.lock("drill"), recorded(app, "drill", [t.name for t in selected]) as rec:
+        results = drill_action.run(app, selected, remote, keep)
+        rec["drills"] = [r.as_dict() for r in results]
+        rec["bytes"] = sum(r.bytes for r in results)
+        if not all(r.ok for r in results):
+            rec["result"] = "failed"
+    emit(
+        fmt,
+        {"drills": [r.as_dict() for r in results]},
+        lambda: "\n".join(
+            f"{r.target}: ok {r.backup} RTO {r.rto_s:.1f}s (fetch {r.fetch_s:.1f}s, restore "
+            f"{r.restore_s:.1f}s, check {r.check_s:.1f}s)"
+            if r.ok
+            else f"{r.target}: FAILED {r.error}"
+            for r in results
+        ),
+    )
+    if not all(r.ok for r in results):
+        raise SystemExit(EXIT_FAILED)
+
+
+@click.command()
+@click.option("--limit", type=click.IntRange(1), default=20, show_default=True)
+@FORMAT
+@pass_ctx
+def history(ctx: Ctx, limit: int, fmt: str) -> None:
+    """Past runs from the run log, newest first."""
+    records = runlog.read(ctx.app().state, limit)
+
+    def text() -> str:
+        if not records:
+            return "no runs recorded yet"
+        return "\n".join(
+            f"{r.get('started_at', '?')[:19]}  {r.get('command', '?'):<8} "
+            f"{r.get('result', '?'):<6} {r.get('duration_s', 0):>8.1f}s  "
+            f"{','.join(r.get('targets', []))}"
+            + (f"  {human(r['bytes'])}" if r.get("bytes") else "")
+            + (f"  {r['error']}" if r.get("error") else "")
+            for r in records
+        )
+
+    emit(fmt, {"runs": records}, text)
