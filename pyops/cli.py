@@ -72,7 +72,7 @@ def cli(
 
 
 def register() -> None:
-    from pyops.commands import data, setup
+    from pyops.commands import data, ops, setup
 
     for command in (
         setup.init,
@@ -85,6 +85,8 @@ def register() -> None:
         data.sync,
         data.drill,
         data.history,
+        ops.systemd_group,
+        ops.schedule_group,
     ):
         cli.add_command(command)
 

@@ -6,8 +6,8 @@ set -euo pipefail
 usage() {
   cat <<'USAGE'
 usage: scripts/install-deps.sh [--check]
-Installs postgresql (server + client + contrib), gnupg, zstd, sqlite3, tar, gzip
-and systemd (for systemd-analyze) with apt-get when any is missing.
+Installs postgresql (server + client + contrib), gnupg, zstd, sqlite3, tar, gzip,
+systemd (for systemd-analyze) and shellcheck with apt-get when any is missing.
   --check   only report what is missing; exit 1 if anything is
 USAGE
 }
@@ -33,6 +33,8 @@ have zstd || missing+=(zstd)
 have sqlite3 || missing+=(sqlite3)
 have tar || missing+=(tar)
 have gzip || missing+=(gzip)
+have systemd-analyze || missing+=(systemd)
+have shellcheck || missing+=(shellcheck)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
