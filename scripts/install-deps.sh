@@ -7,7 +7,8 @@ usage() {
   cat <<'USAGE'
 usage: scripts/install-deps.sh [--check]
 Installs postgresql (server + client + contrib), gnupg, zstd, sqlite3, tar, gzip,
-systemd (for systemd-analyze) and shellcheck with apt-get when any is missing.
+systemd (for systemd-analyze), shellcheck and redis-server (health tests) with
+apt-get when any is missing.
   --check   only report what is missing; exit 1 if anything is
 USAGE
 }
@@ -35,6 +36,7 @@ have tar || missing+=(tar)
 have gzip || missing+=(gzip)
 have systemd-analyze || missing+=(systemd)
 have shellcheck || missing+=(shellcheck)
+have redis-server || missing+=(redis-server)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 
+import boto3
 import pytest
 from fixtures.gpgkeys import GpgKey, cleanup_home, generate_key
 from fixtures.pgcluster import PgCluster, PgNotAvailable, start_cluster
+from fixtures.s3 import CREDS, S3
+from moto.server import ThreadedMotoServer
 
 GPG_TEST_PASSPHRASE = "correct horse battery staple"
 
@@ -52,3 +56,31 @@ def gpg_home_protected() -> Iterator[GpgKey]:
         yield key
     finally:
         cleanup_home(key.gnupghome)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[tuple[ThreadedMotoServer, str]]:
+    saved = {k: os.environ.get(k) for k in CREDS}
+    os.environ.update(CREDS)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield server, f"http://{host}:{port}"
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def s3(s3_server: tuple[ThreadedMotoServer, str]) -> S3:
+    """A fresh bucket with versioning and object lock enabled."""
+    server, url = s3_server
+    client = boto3.client("s3", endpoint_url=url, region_name="us-east-1")
+    bucket = f"pyops-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    return S3(server, url, bucket, client)

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import S3
 from fixtures.cli import PYOPS, run_pyops, write_config
+from fixtures.s3 import S3
 
 
 def sqlite_config(

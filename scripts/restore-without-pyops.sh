@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Restore one pyops artifact with stock tools only: sha256sum, gpg, zstd/gzip,
+# pg_restore/psql/createdb, sqlite3, tar. For the day pyops itself cannot be installed.
+set -euo pipefail
+
+usage() {
+  cat <<'USAGE'
+usage: scripts/restore-without-pyops.sh [options] ARTIFACT
+  --dbname NAME           PostgreSQL: a NEW database to create and restore into
+                          (server and user from the usual PGHOST/PGPORT/PGUSER/PGPASSWORD
+                          or ~/.pgpass)
+  --dest PATH             SQLite: the file to write (must not exist);
+                          files: the directory to extract into (must be empty or absent)
+  --gnupghome DIR         GnuPG home holding the secret key (default: gpg's own)
+  --passphrase-file FILE  symmetric passphrase, or the secret key's passphrase
+  --jobs N                pg_restore -j for custom/directory dumps (default 1)
+  -h, --help              this help
+The manifest (ID.manifest.json) must lie beside the artifact: its sha256 is checked
+before anything is restored. Layers are read from the file name, outermost last:
+  *.gpg -> gpg -d;  *.zst -> zstd -d;  *.gz -> gzip -d
+  *.pgdump / *.pgtar -> pg_restore;  *.sql -> psql;  *.pgdir.tar -> tar + pg_restore
+  *.sqlite3 -> file + PRAGMA integrity_check;  *.tar -> tar -x (members are relative to /)
+USAGE
+}
+
+dbname="" dest="" gnupghome="" passfile="" jobs=1 artifact=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dbname) dbname="${2:?}"; shift 2 ;;
+    --dest) dest="${2:?}"; shift 2 ;;
+    --gnupghome) gnupghome="${2:?}"; shift 2 ;;
+    --passphrase-file) passfile="${2:?}"; shift 2 ;;
+    --jobs) jobs="${2:?}"; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    -*) echo "unknown option $1" >&2; usage >&2; exit 2 ;;
+    *) artifact="$1"; shift ;;
+  esac
+done
+[ -n "$artifact" ] || { usage >&2; exit 2; }
+[ -f "$artifact" ] || { echo "no such artifact: $artifact" >&2; exit 1; }
+
+die() { echo "restore-without-pyops: $*" >&2; exit 1; }
+name=$(basename "$artifact")
+dir=$(dirname "$artifact")
+# ID = TARGET.TIER.YYYYmmddTHHMMSSZ; the rest of the name is the layers
+id=$(printf '%s\n' "$name" | sed -E 's/^([^.]+\.[^.]+\.[0-9]{8}T[0-9]{6}Z)\..*$/\1/')
+layers=${name#"$id".}
+manifest="$dir/$id.manifest.json"
+[ -f "$manifest" ] || die "manifest $manifest not found beside the artifact"
+
+want=$(grep -o '"sha256": "[0-9a-f]\{64\}"' "$manifest" | head -n1 | cut -d'"' -f4)
+got=$(sha256sum "$artifact" | cut -d' ' -f1)
+[ "$want" = "$got" ] || die "sha256 mismatch: manifest $want, file $got: damaged, do not restore"
+echo "sha256 ok ($got)" >&2
+
+# the decode pipeline, as a list of commands joined by pipes below
+gpg_cmd=(gpg --batch --quiet --decrypt)
+[ -n "$gnupghome" ] && gpg_cmd+=(--homedir "$gnupghome")
+[ -n "$passfile" ] && gpg_cmd+=(--pinentry-mode loopback --passphrase-file "$passfile")
+
+# outer layers, outermost first: each one a stage of the pipe
+decode_layers() {
+  case "$1" in
+    *.gpg) "${gpg_cmd[@]}" | decode_layers "${1%.gpg}" ;;
+    *.zst) zstd -q -d -c | decode_layers "${1%.zst}" ;;
+    *.gz) gzip -d -c | decode_layers "${1%.gz}" ;;
+    *) cat ;;
+  esac
+}
+stream() { decode_layers "$layers" < "$artifact"; }
+INNER=$layers
+while :; do
+  case "$INNER" in
+    *.gpg) INNER=${INNER%.gpg} ;;
+    *.zst) INNER=${INNER%.zst} ;;
+    *.gz) INNER=${INNER%.gz} ;;
+    *) break ;;
+  esac
+done
+
+case "$INNER" in
+  pgdump|pgtar)
+    [ -n "$dbname" ] || die "--dbname NEW is required for a PostgreSQL dump"
+    createdb "$dbname"
+    if [ "$jobs" -gt 1 ] && [ "$INNER" = pgdump ]; then
+      scratch=$(mktemp -d); trap 'rm -rf "$scratch"' EXIT; chmod 700 "$scratch"
+      stream > "$scratch/dump"
+      pg_restore --exit-on-error --jobs "$jobs" -d "$dbname" "$scratch/dump"
+    else
+      stream | pg_restore --exit-on-error -d "$dbname"
+    fi ;;
+  sql)
+    [ -n "$dbname" ] || die "--dbname NEW is required for a PostgreSQL dump"
+    createdb "$dbname"
+    stream | psql -X -q -v ON_ERROR_STOP=1 --single-transaction -d "$dbname" >/dev/null ;;
+  pgdir.tar)
+    [ -n "$dbname" ] || die "--dbname NEW is required for a PostgreSQL dump"
+    scratch=$(mktemp -d); trap 'rm -rf "$scratch"' EXIT; chmod 700 "$scratch"
+    stream | tar -x -C "$scratch"
+    createdb "$dbname"
+    pg_restore --exit-on-error --jobs "$jobs" -d "$dbname" "$scratch/dump" ;;
+  sqlite3)
+    [ -n "$dest" ] || die "--dest FILE is required for a SQLite backup"
+    [ ! -e "$dest" ] || die "$dest exists: choose a new path"
+    stream > "$dest.partial"
+    check=$(sqlite3 "$dest.partial" 'PRAGMA integrity_check')
+    [ "$check" = ok ] || { rm -f "$dest.partial"; die "integrity_check failed: $check"; }
+    mv "$dest.partial" "$dest" ;;
+  tar)
+    [ -n "$dest" ] || die "--dest DIR is required for a files backup"
+    mkdir -p "$dest"
+    [ -z "$(ls -A "$dest")" ] || die "$dest is not empty"
+    # GNU tar strips leading / and refuses .. members by default
+    stream | tar -x -C "$dest" --numeric-owner ;;
+  *) die "unknown artifact type '$INNER' in $name" ;;
+esac
+echo "restored $id" >&2
