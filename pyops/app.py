@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -15,6 +16,8 @@ from pyops.catalog import make_private_dir
 from pyops.codec import Codec
 from pyops.config import Config, PostgresTarget
 from pyops.lock import repository_lock
+
+log = logging.getLogger(__name__)
 
 
 def utcnow() -> datetime:
@@ -46,8 +49,17 @@ class App:
     def codec(self) -> Codec:
         return Codec(self.config.compression, self.config.encryption)
 
-    def lock(self, what: str) -> contextlib.AbstractContextManager[None]:
-        return repository_lock(self.state, self.config.repository.lock_wait_seconds, what)
+    @contextlib.contextmanager
+    def lock(self, what: str) -> Iterator[None]:
+        """The repository lock. Holding it, any scratch left in the state dir belongs to
+        a run that died (possibly plaintext): it is removed first."""
+        with repository_lock(self.state, self.config.repository.lock_wait_seconds, what):
+            stale = self.state / "scratch"
+            if stale.is_dir():
+                for leftover in stale.iterdir():
+                    log.warning("removing scratch of an interrupted run: %s", leftover)
+                    shutil.rmtree(leftover, ignore_errors=True)
+            yield
 
     @contextlib.contextmanager
     def scratch(self, name: str) -> Iterator[Path]:

@@ -34,7 +34,7 @@ class Job:
         months = ",".join(f"{m:02d}" for m in self.months) if self.months else "*"
         day = f"{self.day:02d}" if self.day else "*"
         prefix = f"{WEEKDAYS[self.weekday]} " if self.weekday is not None else ""
-        return f"{prefix}*-{months}-{day} {self.hour:02d}:{self.minute:02d}:00"
+        return f"{prefix}*-{months}-{day} {self.hour:02d}:{self.minute:02d}:00 UTC"
 
     def due_on(self, when: datetime) -> bool:
         """Whether `when`'s date is one of this job's days (ignoring the time)."""

@@ -40,7 +40,10 @@ def parse_id(text: str) -> tuple[str, str, datetime]:
     match = ID_RE.match(text)
     if not match:
         raise PyopsError(f"not a backup id: {text!r} (expected TARGET.TIER.YYYYmmddTHHMMSSZ)")
-    when = datetime.strptime(match["stamp"], STAMP).replace(tzinfo=UTC)
+    try:
+        when = datetime.strptime(match["stamp"], STAMP).replace(tzinfo=UTC)
+    except ValueError:
+        raise PyopsError(f"not a backup id: {text!r} (its time is not a valid date)") from None
     return match["target"], match["tier"], when
 
 

@@ -15,7 +15,7 @@ import click
 
 from pyops import __version__
 from pyops.commands import Ctx
-from pyops.errors import EXIT_FAILED, EXIT_USAGE, PyopsError
+from pyops.errors import EXIT_FAILED, EXIT_USAGE, PyopsError, os_error_message
 
 log = logging.getLogger("pyops")
 
@@ -72,7 +72,7 @@ def cli(
 
 
 def register() -> None:
-    from pyops.commands import data, ops, setup
+    from pyops.commands import data, health, maintenance, ops, setup
 
     for command in (
         setup.init,
@@ -87,6 +87,8 @@ def register() -> None:
         data.history,
         ops.systemd_group,
         ops.schedule_group,
+        health.health,
+        maintenance.maintenance,
     ):
         cli.add_command(command)
 
@@ -106,6 +108,9 @@ def main() -> None:
     except PyopsError as exc:
         click.echo(f"pyops: error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        click.echo(f"pyops: error: {os_error_message(exc)}", err=True)
+        sys.exit(EXIT_FAILED)
     except KeyboardInterrupt:
         click.echo("pyops: interrupted; temp files removed, nothing half-done left", err=True)
         sys.exit(130)

@@ -98,18 +98,22 @@ class Codec:
             stage = gpg.decrypt(self.encryption.gnupghome, fd, status_fd=1, output="/dev/null")
             result = run_quiet(stage, stdin_bytes=head, check=False)
         status = result.stdout
-        if "BEGIN_DECRYPTION" in status or "DECRYPTION_OKAY" in status:
+        # PLAINTEXT comes only once the session key opened the data; BEGIN_DECRYPTION
+        # is printed even when the passphrase is wrong. The head is cut short, so a
+        # DECRYPTION_FAILED after PLAINTEXT is expected.
+        if "PLAINTEXT" in status or "DECRYPTION_OKAY" in status:
             return
-        if "NO_SECKEY" in status:
-            raise PyopsError(
-                f"cannot decrypt {what}: the secret key is not in "
-                f"{self.encryption.gnupghome or 'the default GnuPG home'}; import it "
-                "(gpg --import backup-secret.asc) and run again"
-            )
-        if "BAD_PASSPHRASE" in status or "DECRYPTION_FAILED" in status:
+        if "BAD_PASSPHRASE" in status or "symkey_decrypt.maybe_error" in status:
             raise PyopsError(
                 f"cannot decrypt {what}: wrong passphrase "
                 f"(encryption.passphrase_file = {self.encryption.passphrase_file})"
+            )
+        if "NO_SECKEY" in status or "ENC_TO" in status:
+            raise PyopsError(
+                f"cannot decrypt {what}: no usable secret key in "
+                f"{self.encryption.gnupghome or 'the default GnuPG home'} (missing, or its "
+                "passphrase in encryption.passphrase_file is wrong); import it "
+                "(gpg --import backup-secret.asc) and run again. Nothing was changed"
             )
         lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
         raise PyopsError(f"cannot decrypt {what}: {' | '.join(lines[-3:]) or 'gpg failed'}")

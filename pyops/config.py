@@ -132,6 +132,9 @@ class CleanupRule:
 class MaintenanceConfig:
     cleanup: tuple[CleanupRule, ...] = opt((), "batched delete rules")
     lock_timeout_seconds: float = opt(5.0, "lock_timeout for maintenance statements")
+    vacuum_min_dead_ratio: float = opt(
+        0.0, "vacuum only tables whose dead/(live+dead) tuple ratio reaches this; 0 = every table"
+    )
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,33 @@ class HealthConfig:
     redis: tuple[str, ...] = opt((), "redis:// URLs")
     smtp: tuple[str, ...] = opt((), "host:port of SMTP servers")
     paths: tuple[Path, ...] = opt((), "paths that must exist and be writable")
+    checks: tuple[str, ...] = opt(
+        (), "checks run without --check; empty: every check whose inputs are configured"
+    )
+    disk_critical_free_percent: float = opt(5.0, "disk check is critical below this")
+    weekly_max_age_days: float = opt(8.0, "weekly backup freshness")
+    monthly_max_age_days: float = opt(32.0, "monthly backup freshness")
+    backup_size_min_ratio: float = opt(
+        0.5, "backup_size warns when the newest backup is below this x its tier's median"
+    )
+    timeout_seconds: float = opt(10.0, "timeout of each network check (tls, http, redis, smtp)")
+    tls_warn_days: float = opt(21.0, "tls/smtp: warn when the certificate expires sooner")
+    tls_critical_days: float = opt(7.0, "tls/smtp: critical when the certificate expires sooner")
+    tls_ca_file: Path | None = opt(None, "CA bundle for tls, https, smtp, rediss; default: system")
+    gpg_expiry_warn_days: float = opt(30.0, "gpg_key warns when a recipient key expires sooner")
+    redis_queues: tuple[str, ...] = opt((), "list keys whose LLEN is reported, e.g. celery")
+    redis_queue_warn: int = opt(1000, "redis warns when a queue is longer than this")
+    redis_memory_warn_percent: float = opt(90.0, "redis warns above this used_memory/maxmemory")
+    db_latency_warn_ms: float = opt(1000.0, "database warns when SELECT 1 takes longer")
+    connections_warn_percent: float = opt(80.0, "connections: warn above this % of max_connections")
+    connections_critical_percent: float = opt(95.0, "connections: critical above this %")
+    wraparound_warn_percent: float = opt(50.0, "wraparound: warn above this % of 2^31 (xid age)")
+    wraparound_critical_percent: float = opt(75.0, "wraparound: critical above this % of 2^31")
+    long_running_seconds: float = opt(300.0, "long_running warns about queries running longer")
+    long_running_critical_seconds: float = opt(3600.0, "long_running is critical above this")
+    blocking_critical_seconds: float = opt(
+        300.0, "blocking is critical when a session waits longer (any blocked session warns)"
+    )
 
 
 @dataclass(frozen=True)
@@ -364,6 +394,12 @@ def _check_rules(config: Config) -> None:
         raise ConfigError("offsite.object_lock_days", "must not be negative")
     if config.offsite.sse == "aws:kms" and not config.offsite.kms_key_id:
         raise ConfigError("offsite.kms_key_id", "sse = 'aws:kms' needs a key id")
+    from pyops import metrics, notify
+    from pyops.health import settings as health_settings
+
+    health_settings.validate(config)
+    notify.validate(config)
+    metrics.validate(config)
 
 
 def _check_dsn(dsn: str, key: str) -> None:
@@ -403,7 +439,27 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, str) and "://" in value:
+        return redact_url(value)
     return value
+
+
+def redact_url(url: str) -> str:
+    """A password written into a URL (redis://:pw@host, https://user:pw@host) is shown
+    as <redacted>: `config show` output ends up in tickets and chat."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if not parts.password:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    netloc = f"{user}:<redacted>@{host}{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def described_keys() -> list[tuple[str, str, str]]:
@@ -429,10 +485,11 @@ def described_keys() -> list[tuple[str, str, str]]:
             rows.append((f"{prefix}{f.name}", default, f.metadata.get("help", "")))
 
     walk(Config, "")
-    seen: set[str] = set()
-    unique = []
-    for row in rows:
-        if row[0] not in seen:
-            seen.add(row[0])
-            unique.append(row)
-    return unique
+    merged: dict[str, tuple[str, str, str]] = {}
+    for key, default, help_ in rows:
+        if key in merged and help_ not in merged[key][2].split(" | "):
+            old = merged[key]
+            merged[key] = (old[0], old[1], f"{old[2]} | {help_}")
+        else:
+            merged.setdefault(key, (key, default, help_))
+    return list(merged.values())

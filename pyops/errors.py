@@ -60,3 +60,18 @@ class LockBusy(PyopsError):
 
 class Aborted(PyopsError):
     """The operator declined, or confirmation was impossible."""
+
+
+def os_error_message(exc: OSError) -> str:
+    """An OSError as the operator needs it: what failed, on which path, what to do."""
+    import errno
+
+    where = f" {exc.filename}" if exc.filename else ""
+    hint = {
+        errno.EROFS: "the file system is read-only: check mounts or the unit's ReadWritePaths=",
+        errno.EACCES: "permission denied: check ownership and modes (repository 0700, pyops user)",
+        errno.EPERM: "not permitted: check ownership and the service's sandboxing",
+        errno.ENOSPC: "disk full: free space or move the repository",
+        errno.ENOTDIR: "a file stands where a directory should be",
+    }.get(exc.errno or 0, "check the path and its permissions")
+    return f"{exc.strerror or exc}:{where}: {hint}"

@@ -17,14 +17,12 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
-
-from plumbum import local
-from plumbum.commands.processes import CommandNotFound
 
 from pyops.errors import PyopsError, StageFailed, ToolMissing
 
@@ -64,6 +62,11 @@ class Stage:
 
 def resolve(program: str) -> Any:
     """A plumbum command for `program`, or ToolMissing saying what to install."""
+    # imported here, after secrets left the environment: importing plumbum runs
+    # `uname -p`, a child that would inherit them
+    from plumbum import local
+    from plumbum.commands.processes import CommandNotFound
+
     try:
         return local[program]
     except CommandNotFound:
@@ -75,12 +78,26 @@ def resolve(program: str) -> Any:
         ) from None
 
 
+_hidden: dict[str, str] = {}
+
+
 def hide_from_children(names: Iterable[str]) -> None:
-    """Drop variables (e.g. a target's password_env) from what children inherit; the
-    one child that needs a secret gets it through its Stage.env."""
+    """Move variables (a target's password_env) out of the environment every child
+    inherits (ours, plumbum's, python-gnupg's); `hidden(name)` still reads them, and
+    the one child that needs a secret gets it through its Stage.env."""
     for name in names:
-        if name and name in local.env:
-            del local.env[name]
+        if name and name in os.environ:
+            _hidden[name] = os.environ.pop(name)
+    if "plumbum" in sys.modules:
+        from plumbum import local
+
+        for name in _hidden:
+            if name in local.env:
+                del local.env[name]
+
+
+def hidden(name: str) -> str | None:
+    return _hidden.get(name, os.environ.get(name))
 
 
 class Running:

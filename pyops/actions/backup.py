@@ -18,7 +18,7 @@ from pyops.app import App
 from pyops.artifact import ArtifactWriter, read_chunks
 from pyops.catalog import Manifest
 from pyops.config import Target
-from pyops.errors import PyopsError
+from pyops.errors import ConfigError, PyopsError, os_error_message
 from pyops.execute import DEVNULL, PIPE, pipeline
 from pyops.progress import Progress, human, proc_io
 from pyops.sources import module
@@ -174,7 +174,11 @@ def run(
         t0 = time.monotonic()
         try:
             manifest = backup_target(app, target, tier)
-        except PyopsError as exc:
+        except ConfigError:
+            raise  # a broken config is exit 2 for the whole run, not one target's failure
+        except (PyopsError, OSError) as exc:
+            if isinstance(exc, OSError):
+                exc = PyopsError(os_error_message(exc))
             log.error("backup %s: FAILED: %s", target.name, exc)
             results.append(
                 BackupResult(target.name, False, duration_s=time.monotonic() - t0, error=str(exc))

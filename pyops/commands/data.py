@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from pyops import catalog, runlog
+from pyops import catalog, metrics, notify, runlog
 from pyops.actions import backup as backup_action
 from pyops.actions import drill as drill_action
 from pyops.actions import prune as prune_action
@@ -47,13 +47,26 @@ def backup(
     selected = app.config.select(targets)
     if not selected:
         raise PyopsError("no targets configured: add [[targets]] to the config")
-    with app.lock("backup"), recorded(app, "backup", [t.name for t in selected]) as rec:
-        results = backup_action.run(app, tier, selected, offsite=not no_offsite, prune=not no_prune)
-        rec["bytes"] = sum(r.bytes for r in results)
-        rec["backups"] = [r.as_dict() for r in results]
-        failed = [r for r in results if not r.ok]
-        if failed:
-            rec["result"] = "failed"
+    names = [t.name for t in selected]
+    notify.notify(app, "start", f"backup of {', '.join(names)} starting")
+    try:
+        with app.lock("backup"), recorded(app, "backup", names) as rec:
+            results = backup_action.run(
+                app, tier, selected, offsite=not no_offsite, prune=not no_prune
+            )
+            rec["bytes"] = sum(r.bytes for r in results)
+            rec["backups"] = [r.as_dict() for r in results]
+            failed = [r for r in results if not r.ok]
+            if failed:
+                rec["result"] = "failed"
+    except BaseException as exc:
+        notify.notify(app, "failure", f"backup failed: {exc}")
+        raise
+    metrics.record_run(app, "backup", [r.as_dict() for r in results])
+    if failed:
+        notify.notify(app, "failure", "; ".join(f"{r.target}: {r.error}" for r in failed))
+    else:
+        notify.notify(app, "success", ", ".join(f"{r.id} {human(r.bytes)}" for r in results))
     emit(
         fmt,
         {"backups": [r.as_dict() for r in results]},
@@ -155,6 +168,7 @@ def verify(
         recorded(app, "verify", sorted({m.target for m in manifests})) as rec,
     ):
         results = verify_action.run(app, manifests, deep, remote)
+        metrics.record_run(app, "verify", [r.as_dict() for r in results])
         rec["verified"] = [r.as_dict() for r in results]
         if not all(r.ok for r in results):
             rec["result"] = "failed"
@@ -328,6 +342,7 @@ def drill(ctx: Ctx, targets: tuple[str, ...], remote: bool, keep: bool, fmt: str
     selected = app.config.select(targets)
     with app.lock("drill"), recorded(app, "drill", [t.name for t in selected]) as rec:
         results = drill_action.run(app, selected, remote, keep)
+        metrics.record_run(app, "drill", [r.as_dict() for r in results])
         rec["drills"] = [r.as_dict() for r in results]
         rec["bytes"] = sum(r.bytes for r in results)
         if not all(r.ok for r in results):

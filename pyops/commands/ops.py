@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import shutil
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from pyops import notify
 from pyops import systemd as units
 from pyops.calendar import DEFAULT_JOBS
 from pyops.commands import Ctx, pass_ctx
@@ -111,7 +111,6 @@ def install(ctx: Ctx, user_units: bool, enable: bool, service_user: str) -> None
 def on_failure(ctx: Ctx, unit: str) -> None:
     """Called by pyops-failure@.service when a pyops unit fails."""
     log.error("systemd unit %s failed; see journalctl -u %s", unit, unit)
-    notify = importlib.import_module("pyops.notify")
     notify.notify(ctx.app(), "failure", f"systemd unit {unit} failed")
 
 

@@ -77,3 +77,24 @@ def compare_content(expected: dict[str, Any], got: dict[str, Any]) -> list[str]:
         if key in expected and expected[key] != got.get(key):
             problems.append(f"{key}: {got.get(key)}, manifest says {expected[key]}")
     return problems
+
+
+def aside(path: Path, stamp: str) -> Path:
+    """Where the live copy goes during an in-place restore: never onto an earlier one."""
+    candidate = path.with_name(f"{path.name}.pre-restore-{stamp}")
+    n = 1
+    while candidate.exists() or candidate.is_symlink():
+        candidate = path.with_name(f"{path.name}.pre-restore-{stamp}-{n}")
+        n += 1
+    return candidate
+
+
+def take_over_metadata(live: Path, restored: Path) -> None:
+    """The restored copy gets the live one's mode and owner, so the application can
+    still open it after the swap."""
+    import os
+
+    st = live.stat()
+    os.chmod(restored, st.st_mode & 0o7777)
+    if os.geteuid() == 0:
+        os.chown(restored, st.st_uid, st.st_gid)

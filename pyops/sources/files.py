@@ -14,7 +14,7 @@ from pyops.catalog import Manifest
 from pyops.config import FilesTarget
 from pyops.errors import PyopsError, VerifyFailed
 from pyops.execute import Stage, first_line
-from pyops.sources import Dump, RestorePlan, Staged, compare_content
+from pyops.sources import Dump, RestorePlan, Staged, aside, compare_content, take_over_metadata
 from pyops.tools import archive
 
 EXTENSION = "tar"
@@ -155,9 +155,11 @@ def restore(
         for path in source_paths:
             staged = _staging(path, stamp)
             if path.exists() or path.is_symlink():
-                aside = path.parent / f"{path.name}.pre-restore-{stamp}"
-                os.replace(path, aside)
-                kept.append(str(aside))
+                if path.is_dir() and not path.is_symlink():
+                    take_over_metadata(path, staged)
+                moved_to = aside(path, stamp)
+                os.replace(path, moved_to)
+                kept.append(str(moved_to))
             os.replace(staged, path)
         note = f"; previous kept as {', '.join(kept)}" if kept else ""
         return f"restored {tally.files} files ({tally.bytes} bytes){note}"

@@ -24,7 +24,7 @@ from pyops import stream, tarsafe
 from pyops.catalog import Manifest
 from pyops.config import PostgresTarget
 from pyops.errors import ConfigError, PyopsError, VerifyFailed
-from pyops.execute import DEVNULL, PIPE, Stage, first_line, in_thread, pipeline
+from pyops.execute import DEVNULL, PIPE, Stage, first_line, hidden, in_thread, pipeline
 from pyops.sources import Dump, RestorePlan, Staged
 from pyops.tools import pg
 
@@ -52,7 +52,7 @@ def child_env(target: PostgresTarget) -> dict[str, str]:
     """What libpq children need: the password, from the variable the config names."""
     if not target.password_env:
         return {}
-    value = os.environ.get(target.password_env)
+    value = hidden(target.password_env)
     if value is None:
         raise ConfigError(
             f"targets.{target.name}.password_env",

@@ -16,7 +16,7 @@ from pyops.catalog import Manifest, fsync_dir
 from pyops.config import SqliteTarget
 from pyops.errors import PyopsError, VerifyFailed
 from pyops.execute import Stage
-from pyops.sources import Dump, RestorePlan, Staged, compare_content
+from pyops.sources import Dump, RestorePlan, Staged, aside, compare_content, take_over_metadata
 
 EXTENSION = "sqlite3"
 
@@ -26,7 +26,15 @@ def extension(target: SqliteTarget) -> str:
 
 
 def _connect_ro(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    """Read one of pyops' own copies (snapshot, staged restore). immutable: no locks
+    and no -wal/-shm files appear beside it; nothing else writes these copies."""
+    return sqlite3.connect(f"file:{quote_uri(path)}?immutable=1", uri=True)
+
+
+def quote_uri(path: Path) -> str:
+    from urllib.parse import quote
+
+    return quote(str(path))
 
 
 def snapshot(source: Path, dest: Path) -> None:
@@ -36,7 +44,7 @@ def snapshot(source: Path, dest: Path) -> None:
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     os.close(fd)
     try:
-        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30)
+        src = sqlite3.connect(f"file:{quote_uri(source)}?mode=ro", uri=True, timeout=30)
         dst = sqlite3.connect(dest)
         try:
             src.backup(dst)  # one step: a single read transaction, so one consistent state
@@ -174,12 +182,15 @@ def restore(
 def _swap(staged: Path, dest: Path, stamp: str) -> str:
     """Move the live file (and its WAL companions) aside, then the restored one in."""
     moved = []
+    if dest.exists():
+        take_over_metadata(dest, staged)
+    base = aside(dest, stamp)
     for suffix in ("", "-wal", "-shm"):
         live = dest.with_name(dest.name + suffix)
         if live.exists():
-            aside = dest.with_name(f"{dest.name}.pre-restore-{stamp}{suffix}")
-            os.replace(live, aside)
-            moved.append(aside.name)
+            moved_to = base.with_name(base.name + suffix)
+            os.replace(live, moved_to)
+            moved.append(moved_to.name)
     os.replace(staged, dest)
     fsync_dir(dest.parent)
     return f"restored {dest}" + (f"; previous kept as {moved[0]}" if moved else "")

@@ -68,6 +68,11 @@ def _build_tree(top: Path) -> None:
     (media / "empty").write_bytes(b"")
     (media / "ro/inside.txt").write_bytes(b"in a read-only dir")
     (media / "script.sh").write_bytes(b"#!/bin/sh\n")
+    # longer than a tar header holds: GNU tar writes ././@LongLink records
+    long_dir = media / ("d" * 120) / ("e" * 120)
+    long_dir.mkdir(parents=True)
+    (long_dir / ("f" * 150)).write_bytes(b"long")
+    os.symlink(f"{'d' * 120}/{'e' * 120}/{'f' * 150}", media / "long-link")
     os.link(media / "a.jpg", media / "sub/hard.jpg")
     os.symlink("deeper/big.bin", media / "sub/rel-link")
     os.symlink("/srv/app/media/a.jpg", media / "abs-link")
@@ -183,7 +188,7 @@ def test_round_trip_reproduces_the_tree(source: tuple[Path, bytes], tmp_path: Pa
     finally:
         _make_writable(dest)
     assert tally == scan(io.BytesIO(archive), ROOTS) == _walk_tally(top)
-    assert tally.files == 10
+    assert tally.files == 11
 
 
 def test_streams_from_a_pipe_in_small_reads(source: tuple[Path, bytes], tmp_path: Path) -> None:
@@ -404,6 +409,20 @@ REFUSALS: dict[str, tuple[Callable[[Path], list[tuple[tarfile.TarInfo, bytes]]],
             _member("etc/nginx/p", tarfile.LNKTYPE, link="etc/nginx/s"),
         ],
         "not an earlier regular file",
+    ),
+    "hardlink-to-dir": (
+        lambda s: [
+            _member("etc/nginx/d", tarfile.DIRTYPE),
+            _member("etc/nginx/p", tarfile.LNKTYPE, link="etc/nginx/d"),
+        ],
+        "not an earlier regular file",
+    ),
+    "dir-over-file": (
+        lambda s: [
+            _member("etc/nginx/a", data=b"x"),
+            _member("etc/nginx/a", tarfile.DIRTYPE),
+        ],
+        "would replace the regular file",
     ),
     "fifo": (lambda s: [_member(*MEDIA), _member("srv/app/media/fifo", tarfile.FIFOTYPE)], "FIFO"),
     "char-device": (

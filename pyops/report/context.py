@@ -1,0 +1,176 @@
+"""One report session against one PostgreSQL target: the connection, the options,
+the statements read once from pg_stat_statements, and each section built once
+(`recommendations` reads the advice of the others).
+
+The session is read-only and autocommit. Catalog and statistics views take no
+locks on user tables, but size functions (pg_relation_size and friends) open the
+relation: `lock_timeout` keeps the report from queueing behind a migration's
+ACCESS EXCLUSIVE lock, and size queries skip relations locked that way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from pyops.config import PostgresTarget
+from pyops.report.model import Section
+
+# prefixed to every query the report runs, so pg_stat_statements' view of the
+# application leaves the report's own statements out
+MARK = "/* pyops report */ "
+LOCK_TIMEOUT = "3s"
+STATEMENT_TIMEOUT = "60s"
+
+# Every query goes through psycopg with parameters (possibly none), so a literal
+# percent sign is written `%%` in all of the report's SQL.
+
+# relations another session holds (or waits for) in ACCESS EXCLUSIVE mode: their
+# size would wait for that lock, so size queries show them as locked instead
+BUSY = """
+  EXISTS (SELECT 1 FROM pg_locks l
+          WHERE l.locktype = 'relation' AND l.mode = 'AccessExclusiveLock'
+            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+            AND (l.relation = {rel} OR l.relation IN (
+                   SELECT x.indexrelid FROM pg_index x WHERE x.indrelid = {rel})
+                 OR l.relation = (SELECT reltoastrelid FROM pg_class WHERE oid = {rel})))
+"""
+
+
+def safe_size(function: str, rel: str) -> str:
+    """SQL: `function(rel)`, or NULL when that would wait for a lock."""
+    return f"CASE WHEN {BUSY.format(rel=rel)} THEN NULL ELSE {function}({rel}) END"
+
+
+USER_SCHEMAS = """
+  {n}.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND {n}.nspname NOT LIKE 'pg\\_toast%%' AND {n}.nspname NOT LIKE 'pg\\_temp%%'
+"""
+
+
+def user_schemas(alias: str = "n") -> str:
+    return USER_SCHEMAS.format(n=alias)
+
+
+@dataclass(frozen=True)
+class Options:
+    """Thresholds; the ones `health` also has come from [health] so both agree."""
+
+    long_running_seconds: float = 60.0
+    limit: int = 20
+    connections_warn_percent: float = 80.0
+    connections_critical_percent: float = 95.0
+    wraparound_warn_percent: float = 50.0
+    wraparound_critical_percent: float = 75.0
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One row of pg_stat_statements for this database."""
+
+    queryid: int
+    calls: int
+    total_ms: float
+    mean_ms: float
+    rows: int
+    query: str
+
+    @property
+    def rows_per_call(self) -> float:
+        return self.rows / self.calls if self.calls else 0.0
+
+
+@dataclass
+class Statements:
+    available: bool
+    message: str = ""  # why not, and how to enable it
+    enable_sql: str = ""
+    version: str = ""
+    rows: list[Statement] = field(default_factory=list)
+
+
+@dataclass
+class Probe:
+    target: PostgresTarget
+    conn: psycopg.Connection[Any]
+    options: Options
+    builders: dict[str, Callable[[Probe], Section]]
+    database: str = ""
+    server_version: str = ""
+    _sections: dict[str, Section] = field(default_factory=dict)
+    _statements: Statements | None = None
+
+    # --- reading -----------------------------------------------------------------
+
+    def rows(self, query: str | sql.Composed, params: Sequence[Any] | dict[str, Any] = ()) -> list[Any]:
+        text = query if isinstance(query, str) else query.as_string(self.conn)
+        return self.conn.execute(MARK + text, params).fetchall()  # type: ignore[arg-type]
+
+    def dicts(
+        self, query: str | sql.Composed, params: Sequence[Any] | dict[str, Any] = ()
+    ) -> list[dict[str, Any]]:
+        text = query if isinstance(query, str) else query.as_string(self.conn)
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(MARK + text, params)  # type: ignore[arg-type]
+            return cur.fetchall()
+
+    def one(self, query: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
+        found = self.rows(query, params)
+        return found[0] if found else None
+
+    def sql(self, statement: sql.Composable) -> str:
+        """Advice SQL as text, identifiers quoted by psycopg."""
+        return statement.as_string(self.conn)
+
+    # --- shared results ------------------------------------------------------------
+
+    def section(self, name: str) -> Section:
+        """Build a section once; a server error becomes the section's error, so one
+        section that hits a lock timeout does not cost the rest of the report."""
+        if name not in self._sections:
+            try:
+                self._sections[name] = self.builders[name](self)
+            except psycopg.Error as exc:
+                message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                if isinstance(exc, psycopg.errors.LockNotAvailable):
+                    message += f" (lock_timeout {LOCK_TIMEOUT}: another session holds a lock)"
+                self._sections[name] = Section(name, name, error=message)
+        return self._sections[name]
+
+    def statements(self) -> Statements:
+        if self._statements is None:
+            from pyops.report import statements
+
+            self._statements = statements.read(self)
+        return self._statements
+
+    def stats_reset(self) -> Any:
+        row = self.one(
+            "SELECT stats_reset FROM pg_stat_database WHERE datname = current_database()"
+        )
+        return row[0] if row else None
+
+
+def start(
+    target: PostgresTarget,
+    conn: psycopg.Connection[Any],
+    options: Options,
+    builders: dict[str, Callable[[Probe], Section]],
+) -> Probe:
+    """Make the session read-only and bounded, and learn what the server is."""
+    for setting, value in (
+        ("lock_timeout", LOCK_TIMEOUT),
+        ("statement_timeout", STATEMENT_TIMEOUT),
+        ("default_transaction_read_only", "on"),
+        ("application_name", "pyops db report"),
+    ):
+        conn.execute(sql.SQL("SET {} = {}").format(sql.Identifier(setting), sql.Literal(value)))
+    probe = Probe(target, conn, options, builders)
+    row = probe.one("SELECT current_database(), current_setting('server_version')")
+    probe.database, probe.server_version = str(row[0]), str(row[1])
+    return probe
