@@ -36,5 +36,9 @@ unit: venv
 demo: deps venv
 	@scripts/demo.sh
 
+# not part of `make test`: minutes of I/O. BENCH_ARGS="--size-mb 1000 --runs 3"
+bench: deps venv
+	$(PY) tests/bench/bench.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo-run

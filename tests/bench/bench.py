@@ -1,0 +1,298 @@
+"""`make bench`: what pyops costs over the shell pipeline it wraps.
+
+Builds a PostgreSQL database in a throwaway cluster (pgbench tables plus a table of
+random text, so compression is realistic), then runs, alternating, the raw shell
+pipelines and pyops with the same settings:
+
+  backup          pg_dump -Fc -Z0 | zstd -3 -T0 | gpg -e      vs  pyops backup
+  restore         gpg -d | zstd -d | pg_restore -d            vs  pyops restore --into
+  restore -jN     gpg -d | zstd -d > f; pg_restore -jN f      vs  pyops restore --into --jobs N
+
+Reports medians, the ratio pyops/raw, and pyops' own peak RSS (the Python process,
+VmHWM, not its children) at two database sizes. Writes JSON and Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from fixtures.gpgkeys import cleanup_home, generate_key  # noqa: E402
+from fixtures.pgcluster import PgCluster, start_cluster  # noqa: E402
+
+PYOPS = str(Path(sys.executable).parent / "pyops")
+
+
+def sh(script: str, env: dict[str, str]) -> None:
+    subprocess.run(["bash", "-o", "pipefail", "-c", script], check=True, env=env)
+
+
+def peak_rss_kib(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
+    """Run argv; return (seconds, the process's own VmHWM in KiB, children excluded)."""
+    t0 = time.monotonic()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = [0]
+
+    def watch() -> None:
+        while proc.poll() is None:
+            try:
+                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak[0] = max(peak[0], int(line.split()[1]))
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    _, err = proc.communicate()
+    thread.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"{argv} failed: {err.decode()[-2000:]}")
+    return time.monotonic() - t0, peak[0]
+
+
+def build_database(pg: PgCluster, name: str, size_mb: int) -> int:
+    pg.create_database(name)
+    scale = max(1, int(size_mb * 0.6 / 15))  # pgbench: ~15 MB per scale unit
+    subprocess.run(
+        [
+            str(pg.bindir / "pgbench"),
+            "-i",
+            "-q",
+            "-s",
+            str(scale),
+            "-h",
+            str(pg.host),
+            "-p",
+            str(pg.port),
+            "-U",
+            "postgres",
+            name,
+        ],
+        check=True,
+        capture_output=True,
+    )
+    rows = int(size_mb * 0.4 * 1024 * 1024 / 180)
+    pg.psql(
+        "CREATE TABLE notes AS SELECT g AS id, md5(random()::text) || ' ' || "
+        "md5(random()::text) || ' lorem ipsum dolor sit amet ' || md5(g::text) || "
+        "repeat(chr(65 + (g % 26)), 40) AS body FROM generate_series(1, "
+        f"{rows}) g; ANALYZE;",
+        dbname=name,
+    )
+    return int(pg.psql(f"SELECT pg_database_size('{name}')", dbname=name).strip())
+
+
+def config(path: Path, repo: Path, pg: PgCluster, db: str, key: Any) -> Path:
+    path.write_text(
+        f'[repository]\npath = "{repo}"\n\n[compression]\nalgorithm = "zstd"\nlevel = 3\n'
+        f'threads = 0\n\n[encryption]\nmode = "gpg-public"\nrecipients = ["{key.email}"]\n'
+        f'gnupghome = "{key.gnupghome}"\n\n[retention]\ndaily = 1\n\n'
+        f'[[targets]]\nname = "bench"\ntype = "postgres"\ndsn = "{pg.dsn(db)}"\nformat = "custom"\n'
+    )
+    return path
+
+
+def measure(
+    size_mb: int, runs: int, jobs: int, work: Path, pg: PgCluster, key: Any
+) -> dict[str, Any]:
+    db = f"bench_{size_mb}"
+    size = build_database(pg, db, size_mb)
+    env = {**os.environ, **pg.env(db), "GNUPGHOME": str(key.gnupghome)}
+    cfg = config(work / f"pyops-{size_mb}.toml", work / f"repo-{size_mb}", pg, db, key)
+    raw_file = work / "raw.pgdump.zst.gpg"
+    gpg_e = f"gpg --batch --trust-model always --compress-algo none -e -r {key.email}"
+    results: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "backup_raw",
+            "backup_pyops",
+            "restore_raw",
+            "restore_pyops",
+            "restore_jobs_raw",
+            "restore_jobs_pyops",
+        )
+    }
+    rss: list[int] = []
+    n = [0]
+
+    def fresh() -> str:
+        n[0] += 1
+        return f"r_{size_mb}_{n[0]}"
+
+    def timed(fn: Callable[[], None]) -> float:
+        t0 = time.monotonic()
+        fn()
+        return time.monotonic() - t0
+
+    for _ in range(runs):
+        results["backup_raw"].append(
+            timed(
+                lambda: sh(
+                    f"pg_dump -Fc -Z0 -d '{pg.dsn(db)}' | zstd -q -3 -T0 | {gpg_e} > {raw_file}",
+                    env,
+                )
+            )
+        )
+        seconds, peak = peak_rss_kib([PYOPS, "--config", str(cfg), "-q", "backup"], env)
+        results["backup_pyops"].append(seconds)
+        rss.append(peak)
+        time.sleep(1.1)  # backups are one per second per target
+
+        target = fresh()
+        results["restore_raw"].append(
+            timed(
+                lambda t=target: sh(
+                    f"createdb {t} && gpg --batch -q -d {raw_file} | zstd -q -d | "
+                    f"pg_restore --exit-on-error -d {t}",
+                    env,
+                )
+            )
+        )
+        target = fresh()
+        seconds, peak = peak_rss_kib(
+            [
+                PYOPS,
+                "--config",
+                str(cfg),
+                "-q",
+                "restore",
+                "--latest",
+                "--target",
+                "bench",
+                "--into",
+                target,
+                "--yes",
+            ],
+            env,
+        )
+        results["restore_pyops"].append(seconds)
+        rss.append(peak)
+
+        target = fresh()
+        scratch = work / "plain.pgdump"
+        results["restore_jobs_raw"].append(
+            timed(
+                lambda t=target, scratch=scratch: sh(
+                    f"createdb {t} && gpg --batch -q -d {raw_file} | zstd -q -d > {scratch} && "
+                    f"pg_restore --exit-on-error -j {jobs} -d {t} {scratch}; rm -f {scratch}",
+                    env,
+                )
+            )
+        )
+        target = fresh()
+        seconds, peak = peak_rss_kib(
+            [
+                PYOPS,
+                "--config",
+                str(cfg),
+                "-q",
+                "restore",
+                "--latest",
+                "--target",
+                "bench",
+                "--into",
+                target,
+                "--yes",
+                "--jobs",
+                str(jobs),
+            ],
+            env,
+        )
+        results["restore_jobs_pyops"].append(seconds)
+        rss.append(peak)
+        pg.psql("SELECT 1")  # keep the cluster honest
+        for i in range(n[0] - 3, n[0] + 1):
+            pg.drop_database(f"r_{size_mb}_{i}")
+
+    med = {k: statistics.median(v) for k, v in results.items()}
+    return {
+        "size_mb_requested": size_mb,
+        "database_bytes": size,
+        "runs": runs,
+        "jobs": jobs,
+        "median_s": {k: round(v, 3) for k, v in med.items()},
+        "ratio": {
+            "backup": round(med["backup_pyops"] / med["backup_raw"], 3),
+            "restore": round(med["restore_pyops"] / med["restore_raw"], 3),
+            "restore_jobs": round(med["restore_jobs_pyops"] / med["restore_jobs_raw"], 3),
+        },
+        "pyops_peak_rss_mib": round(max(rss) / 1024, 1),
+        "samples_s": {k: [round(x, 3) for x in v] for k, v in results.items()},
+    }
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"Run {report['date']} on {report['machine']}.",
+        "",
+        "| database | op | raw median s | pyops median s | pyops/raw | pyops peak RSS |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in report["sizes"]:
+        m = r["median_s"]
+        size = f"{r['database_bytes'] / 2**20:.0f} MiB"
+        for op, raw, ours, ratio in (
+            ("backup", "backup_raw", "backup_pyops", "backup"),
+            ("restore (serial)", "restore_raw", "restore_pyops", "restore"),
+            (f"restore -j{r['jobs']}", "restore_jobs_raw", "restore_jobs_pyops", "restore_jobs"),
+        ):
+            lines.append(
+                f"| {size} | {op} | {m[raw]} | {m[ours]} | {r['ratio'][ratio]} "
+                f"| {r['pyops_peak_rss_mib']} MiB |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mb", type=int, default=1000, help="the larger database")
+    parser.add_argument("--small-mb", type=int, default=250, help="the smaller database")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    args = parser.parse_args()
+    pg = start_cluster()
+    key = generate_key()
+    try:
+        with tempfile.TemporaryDirectory(prefix="pyops-bench-") as tmp:
+            work = Path(tmp)
+            sizes = [
+                measure(s, args.runs, args.jobs, work, pg, key)
+                for s in (args.small_mb, args.size_mb)
+            ]
+    finally:
+        pg.stop()
+        cleanup_home(key.gnupghome)
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    report = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, "
+        f"Python {platform.python_version()}",
+        "sizes": sizes,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    table = markdown(report)
+    (args.out / "bench.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
