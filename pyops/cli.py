@@ -6,6 +6,7 @@ left); 2 usage or configuration error, naming the option or key.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import sys
@@ -47,7 +48,23 @@ def setup_logging(verbose: int, quiet: bool, fmt: str) -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """Imports a command's module only when that command runs: a timer's `pyops backup`
+    should not pay for loading maintenance, health and report code."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module, attr = COMMANDS[cmd_name].split(":")
+        command = getattr(importlib.import_module(f"pyops.commands.{module}"), attr)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "config_path",
@@ -71,29 +88,23 @@ def cli(
     ctx.obj = Ctx(config_path)
 
 
-def register() -> None:
-    from pyops.commands import data, health, maintenance, ops, setup
-
-    for command in (
-        setup.init,
-        setup.config_group,
-        data.backup,
-        data.list_,
-        data.verify,
-        data.restore,
-        data.prune,
-        data.sync,
-        data.drill,
-        data.history,
-        ops.systemd_group,
-        ops.schedule_group,
-        health.health,
-        maintenance.maintenance,
-    ):
-        cli.add_command(command)
-
-
-register()
+COMMANDS = {
+    "init": "setup:init",
+    "config": "setup:config_group",
+    "backup": "data:backup",
+    "list": "data:list_",
+    "verify": "data:verify",
+    "restore": "data:restore",
+    "prune": "data:prune",
+    "sync": "data:sync",
+    "drill": "data:drill",
+    "history": "data:history",
+    "maintenance": "maintenance:maintenance",
+    "health": "health:health",
+    "db": "report:db_group",
+    "systemd": "ops:systemd_group",
+    "schedule": "ops:schedule_group",
+}
 
 
 def main() -> None:

@@ -192,12 +192,6 @@ def test_in_place_restore_moves_the_live_file_and_its_wal_aside(pyops: Pyops) ->
     pyops.ok("verify", "--deep", safety[0]["id"])
 
 
-@pytest.mark.xfail(
-    reason="BUG: checking a staged WAL-mode restore leaves .NAME.pyops-restore-STAMP-wal/-shm "
-    "beside the live database",
-    strict=True,
-    raises=AssertionError,
-)
 def test_in_place_restore_of_a_wal_database_leaves_no_staging_files(pyops: Pyops) -> None:
     db = pyops.root / "app.sqlite3"
     make_sample_db(db, rows=30, wal=True)
