@@ -133,7 +133,9 @@ class Journal:
             step.duration_s = time.monotonic() - t0
             self.steps.append(step)
             if step.status in ("timeout", "failed"):
-                log.warning(
+                # timeouts are summed up by the command; each failure is worth a line
+                log.log(
+                    logging.WARNING if step.status == "failed" else logging.INFO,
                     "%s %s %s: %s: %s",
                     target,
                     operation,

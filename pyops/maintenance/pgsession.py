@@ -79,6 +79,7 @@ class Session:
     server_version: int = 0
     user: str = ""
     notices: list[str] = field(default_factory=list)
+    analyzed: set[int] = field(default_factory=set)  # by this run's VACUUM (ANALYZE)
 
     @property
     def dry_run(self) -> bool:

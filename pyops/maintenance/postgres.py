@@ -56,10 +56,13 @@ def vacuum(session: Session, min_dead_ratio: float) -> None:
             stmt = sql.SQL("VACUUM (ANALYZE) {}").format(rel.ident)
             if session.dry_run:
                 session.run(step, stmt)
+                session.analyzed.add(rel.oid)
                 continue
             before = _size(session, rel.oid)
             session.run(step, stmt)
             _server_skip(session, step.details)
+            if "skipped" not in step.details:
+                session.analyzed.add(rel.oid)
             after = _size(session, rel.oid)
             step.details.update(
                 dead_tuples_after=_dead(session, rel.oid),
@@ -88,6 +91,11 @@ def analyze(session: Session) -> None:
         if not rel.owned:
             session.journal.skip(
                 session.name, "analyze", rel.label, NOT_OWNED.format(user=session.user)
+            )
+            continue
+        if rel.oid in session.analyzed:
+            session.journal.skip(
+                session.name, "analyze", rel.label, "analyzed by this run's VACUUM (ANALYZE)"
             )
             continue
         with session.step("analyze", rel.label) as step:

@@ -107,7 +107,9 @@ class Probe:
 
     # --- reading -----------------------------------------------------------------
 
-    def rows(self, query: str | sql.Composed, params: Sequence[Any] | dict[str, Any] = ()) -> list[Any]:
+    def rows(
+        self, query: str | sql.Composed, params: Sequence[Any] | dict[str, Any] = ()
+    ) -> list[Any]:
         text = query if isinstance(query, str) else query.as_string(self.conn)
         return self.conn.execute(MARK + text, params).fetchall()  # type: ignore[arg-type]
 
@@ -169,7 +171,8 @@ def start(
         ("default_transaction_read_only", "on"),
         ("application_name", "pyops db report"),
     ):
-        conn.execute(sql.SQL("SET {} = {}").format(sql.Identifier(setting), sql.Literal(value)))
+        statement = sql.SQL("SET {} = {}").format(sql.Identifier(setting), sql.Literal(value))
+        conn.execute(MARK + statement.as_string(conn))
     probe = Probe(target, conn, options, builders)
     row = probe.one("SELECT current_database(), current_setting('server_version')")
     probe.database, probe.server_version = str(row[0]), str(row[1])

@@ -28,7 +28,7 @@ JOIN pg_class t ON t.oid = i.indrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE NOT i.indisvalid AND {user_schemas()}
 ORDER BY 1, 2, 3
-"""
+"""  # noqa: S608 - code-defined fragments; values are bound
 NOT_VALID = f"""
 SELECT n.nspname AS schema, t.relname AS table_name, con.conname AS constraint_name,
        CASE con.contype WHEN 'f' THEN 'foreign key' WHEN 'c' THEN 'check'
@@ -39,13 +39,14 @@ JOIN pg_class t ON t.oid = con.conrelid
 JOIN pg_namespace n ON n.oid = t.relnamespace
 WHERE NOT con.convalidated AND {user_schemas()}
 ORDER BY 1, 2, 3
-"""
+"""  # noqa: S608 - code-defined fragments; values are bound
 WITHOUT_PK = f"""
 SELECT n.nspname AS schema, c.relname AS table_name, c.relkind::text AS relkind,
        greatest(c.reltuples, 0)::bigint AS rows_estimate,
        (SELECT ci.relname FROM pg_index i JOIN pg_class ci ON ci.oid = i.indexrelid
         WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid
           AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indnatts = i.indnkeyatts
+          AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)
           AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid
                           AND a.attnum = ANY(i.indkey) AND NOT a.attnotnull)
         ORDER BY i.indnatts, ci.relname LIMIT 1) AS unique_index,
@@ -57,7 +58,7 @@ WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND {user_schemas()}
   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
                   AND d.objid = c.oid AND d.deptype = 'e')
 ORDER BY 1, 2
-"""
+"""  # noqa: S608 - code-defined fragments; values are bound
 # each sequence with the column it feeds (serial: 'a', identity: 'i' dependency)
 SEQUENCES = """
 SELECT s.schemaname AS schema, s.sequencename AS name, s.data_type::text AS data_type,
@@ -82,7 +83,9 @@ def integrity(probe: Probe) -> Section:
     not_valid = probe.dicts(NOT_VALID)
     without_pk = probe.dicts(WITHOUT_PK)
     checked = probe.dicts(SEQUENCES)
-    sequences = [s for s in (_usage(r) for r in checked) if s["used_percent"] >= SEQUENCE_WARN_PERCENT]
+    sequences = [
+        s for s in (_usage(r) for r in checked) if s["used_percent"] >= SEQUENCE_WARN_PERCENT
+    ]
     for group in (invalid, not_valid, without_pk):
         for r in group:
             r["table"] = f"{r['schema']}.{r['table_name']}"
@@ -100,39 +103,55 @@ def integrity(probe: Probe) -> Section:
             Table(
                 "invalid_indexes",
                 "invalid indexes (a failed CREATE INDEX / REINDEX CONCURRENTLY)",
-                (Column("table", "table"), Column("index_name", "index"),
-                 Column("definition", "definition", "query")),
+                (
+                    Column("table", "table"),
+                    Column("index_name", "index"),
+                    Column("definition", "definition", "query"),
+                ),
                 invalid,
             ),
             Table(
                 "not_valid_constraints",
                 "constraints added NOT VALID and never validated",
-                (Column("table", "table"), Column("constraint_name", "constraint"),
-                 Column("kind", "kind"), Column("definition", "definition", "query")),
+                (
+                    Column("table", "table"),
+                    Column("constraint_name", "constraint"),
+                    Column("kind", "kind"),
+                    Column("definition", "definition", "query"),
+                ),
                 not_valid,
             ),
             Table(
                 "tables_without_primary_key",
                 "tables without a primary key",
-                (Column("table", "table"), Column("rows_estimate", "rows (est.)", "int"),
-                 Column("unique_index", "unique index usable as key")),
+                (
+                    Column("table", "table"),
+                    Column("rows_estimate", "rows (est.)", "int"),
+                    Column("unique_index", "unique index usable as key"),
+                ),
                 without_pk,
             ),
             Table(
                 "sequences",
                 f"sequences past {SEQUENCE_WARN_PERCENT:g}% of their range (or of the column "
                 "they feed)",
-                (Column("sequence", "sequence"), Column("data_type", "type"),
-                 Column("last_value", "last value", "int"), Column("limit", "limit", "int"),
-                 Column("used_percent", "used", "float"), Column("column", "feeds column"),
-                 Column("column_type", "column type")),
+                (
+                    Column("sequence", "sequence"),
+                    Column("data_type", "type"),
+                    Column("last_value", "last value", "int"),
+                    Column("limit", "limit", "int"),
+                    Column("used_percent", "used", "float"),
+                    Column("column", "feeds column"),
+                    Column("column_type", "column type"),
+                ),
                 sequences,
             ),
         ],
     )
     section.advice += [_invalid_advice(probe, r) for r in invalid if not r["building"]]
     section.notes += [
-        f"index {r['schema']}.{r['index_name']} is being built right now" for r in invalid
+        f"index {r['schema']}.{r['index_name']} is being built right now"
+        for r in invalid
         if r["building"]
     ]
     section.advice += [_not_valid_advice(probe, r) for r in not_valid]
@@ -153,16 +172,15 @@ def _usage(r: dict[str, Any]) -> dict[str, Any]:
         limit = max(int(r["min_value"]), -(column_max + 1) if column_max else int(r["min_value"]))
     last = int(r["last_value"])
     used = 100.0 * last / limit if limit and (last > 0) == (limit > 0) else 0.0
-    column = (
-        f"{r['table_schema']}.{r['table_name']}.{r['column_name']}" if r["column_name"] else ""
-    )
+    column = f"{r['table_schema']}.{r['table_name']}.{r['column_name']}" if r["column_name"] else ""
     return {
         **r,
         "sequence": f"{r['schema']}.{r['name']}",
         "limit": limit,
         "used_percent": round(used, 2),
         "column": column,
-        "column_limits": column_max is not None and column_max < TYPE_MAX["bigint"]
+        "column_limits": column_max is not None
+        and column_max < TYPE_MAX["bigint"]
         and abs(limit) >= column_max,
     }
 
@@ -229,9 +247,7 @@ def _pk_advice(probe: Probe, r: dict[str, Any]) -> Advice:
 
 
 def _sequence_advice(probe: Probe, s: dict[str, Any]) -> Advice:
-    severity: Severity = (
-        "critical" if s["used_percent"] >= SEQUENCE_CRITICAL_PERCENT else "warning"
-    )
+    severity: Severity = "critical" if s["used_percent"] >= SEQUENCE_CRITICAL_PERCENT else "warning"
     statements = []
     if s["column_limits"]:
         statements.append(

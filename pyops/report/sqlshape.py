@@ -54,6 +54,8 @@ def mentions(query: str, schema: str, table: str) -> bool:
     """Does the statement name this table (matched by name in the query text)?
 
     A schema qualifier, when written, must be the table's schema."""
+    if table.lower() not in query.lower():
+        return False  # the common case, without a regex scan
     pattern = rf"(?:({_IDENT})\s*\.\s*)?({_IDENT})"
     for m in re.finditer(pattern, query):
         if _AFTER_DOT.search(query, max(0, m.start() - 40), m.start()):

@@ -29,9 +29,8 @@ def read(probe: Probe) -> Statements:
         (EXTENSION,),
     )
     preload = str(probe.one("SELECT current_setting('shared_preload_libraries')")[0])
-    preloaded = EXTENSION in [p.strip().strip('"') for p in preload.split(",")]
     if found is None:
-        return _absent(probe, preload, preloaded, installed=False)
+        return absent(probe.database, preload, installed=False)
     schema, version = str(found[0]), str(found[1])
     columns = {
         str(r[0])
@@ -59,7 +58,7 @@ def read(probe: Probe) -> Statements:
     try:
         rows = probe.rows(query)
     except psycopg.errors.ObjectNotInPrerequisiteState:
-        return _absent(probe, preload, preloaded, installed=True)
+        return absent(probe.database, preload, installed=True)
     return Statements(
         available=True,
         version=version,
@@ -72,34 +71,38 @@ def read(probe: Probe) -> Statements:
     )
 
 
-def _absent(probe: Probe, preload: str, preloaded: bool, installed: bool) -> Statements:
+def absent(database: str, preload: str, installed: bool) -> Statements:
+    """Why statement statistics are unavailable, and the steps (and SQL) to enable
+    them: preload the library (restart), then CREATE EXTENSION in this database."""
+    libraries = [p.strip().strip('"') for p in preload.split(",") if p.strip()]
     steps = []
     sqls = []
-    if not preloaded:
-        libraries = ", ".join(p for p in (preload.strip(), EXTENSION) if p)
+    if EXTENSION in libraries:
+        preloaded = "shared_preload_libraries already loads it"
+    else:
+        wanted = ", ".join([*libraries, EXTENSION])
+        preloaded = "it is not in shared_preload_libraries"
         steps.append(
             f"add it to shared_preload_libraries (postgresql.conf: shared_preload_libraries = "
-            f"'{libraries}') and restart PostgreSQL"
+            f"'{wanted}') and restart PostgreSQL"
         )
         sqls.append(
-            probe.sql(
-                sql.SQL("ALTER SYSTEM SET shared_preload_libraries = {};").format(
-                    sql.Literal(libraries)
-                )
-            )
+            sql.SQL("ALTER SYSTEM SET shared_preload_libraries = {};")
+            .format(sql.Literal(wanted))
+            .as_string(None)
             + "  -- then restart PostgreSQL"
         )
     if not installed:
-        steps.append(f"run CREATE EXTENSION {EXTENSION}; in database {probe.database}")
+        steps.append(f"run CREATE EXTENSION {EXTENSION}; in database {database}")
         sqls.append(f"CREATE EXTENSION {EXTENSION};")
     what = (
-        f"{EXTENSION} is installed in database {probe.database} but not loaded"
+        f"{EXTENSION} is installed in database {database} but not loaded"
         if installed
-        else f"{EXTENSION} is not installed in database {probe.database}"
+        else f"{EXTENSION} is not installed in database {database}"
     )
     return Statements(
         available=False,
-        message=f"{what}: to enable it, " + ", then ".join(steps),
+        message=f"{what} ({preloaded}): to enable it, " + ", then ".join(steps),
         enable_sql="\n".join(sqls),
     )
 
@@ -110,7 +113,7 @@ def _absent_section(section: Section, found: Statements) -> Section:
     section.advice.append(
         Advice(
             "info",
-            found.message.replace(": to enable it", "; statement statistics are unavailable"),
+            found.message,
             found.enable_sql,
             object=EXTENSION,
         )
@@ -153,10 +156,13 @@ def queries(probe: Probe) -> Section:
         "total_ms": round(sum(s.total_ms for s in found.rows), 3),
     }
     section.tables = [
-        Table("slowest", "slowest statements (mean time per call)", STATEMENT_COLUMNS,
-              [_row(s) for s in slowest]),
-        Table("most_called", "most-called statements", STATEMENT_COLUMNS,
-              [_row(s) for s in most]),
+        Table(
+            "slowest",
+            "slowest statements (mean time per call)",
+            STATEMENT_COLUMNS,
+            [_row(s) for s in slowest],
+        ),
+        Table("most_called", "most-called statements", STATEMENT_COLUMNS, [_row(s) for s in most]),
     ]
     return section
 

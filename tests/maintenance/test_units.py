@@ -8,12 +8,14 @@ from pathlib import Path
 
 import click
 import pytest
+from click.testing import CliRunner
 from conftest import MakeConfig, maintain
 from fixtures.cli import run_pyops
 from psycopg import sql
 
 from pyops import config as cfg
 from pyops.actions.maintenance import check_config
+from pyops.cli import cli
 from pyops.commands.maintenance import details_text, parse_operations
 from pyops.errors import ConfigError
 from pyops.maintenance import ALL_OPERATIONS, Journal, bloat
@@ -174,16 +176,20 @@ def _files_config(make_config: MakeConfig, tmp_path: Path, extra: str = "") -> P
     [
         ((), "give --operation OP... or --all"),
         (("--all", "--operation", "vacuum"), "give --operation OP... or --all"),
-        (("--operation", "defrag"), "--operation"),
-        (("--all", "--target", "nope"), "unknown target 'nope'"),
+        (("--operation", "defrag"), "Invalid value for '--operation': unknown operation 'defrag'"),
     ],
 )
-def test_usage_errors_exit_2(
-    make_config: MakeConfig, tmp_path: Path, args: tuple[str, ...], message: str
-) -> None:
-    proc = run_pyops(_files_config(make_config, tmp_path), "maintenance", *args)
-    assert proc.returncode == 2, proc.stderr
-    assert message in proc.stderr
+def test_usage_errors_exit_2(args: tuple[str, ...], message: str) -> None:
+    result = CliRunner().invoke(cli, ["--config", "/nonexistent.toml", "maintenance", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_unknown_target_exits_2(make_config: MakeConfig, tmp_path: Path) -> None:
+    config = _files_config(make_config, tmp_path)
+    proc = run_pyops(config, "maintenance", "--all", "--target", "nope")
+    assert proc.returncode == 2
+    assert "unknown target 'nope'" in proc.stderr
 
 
 def test_bad_maintenance_config_exits_2(make_config: MakeConfig, tmp_path: Path) -> None:
