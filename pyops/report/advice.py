@@ -27,6 +27,15 @@ SOURCES = (
 SUPERSEDES = {"unused-indexes": "duplicate-indexes", "n-plus-one": "queries"}
 
 
+def _new_indexes(probe: Probe) -> set[str]:
+    """Indexes created for a table that missing-indexes flagged: unused only because
+    they are new, not a reason to drop what was just recommended."""
+    section = probe.section("missing-indexes")
+    if section.error is not None:
+        return set()
+    return {r["index"] for r in section.table("indexed").rows}
+
+
 def recommendations(probe: Probe) -> Section:
     gathered: list[Advice] = []
     failed = []
@@ -54,6 +63,7 @@ def recommendations(probe: Probe) -> Section:
         a
         for a in gathered
         if not (a.section in SUPERSEDES and a.object in by_section.get(SUPERSEDES[a.section], ()))
+        and not (a.section == "unused-indexes" and a.object in _new_indexes(probe))
     ]
     kept.sort(key=lambda a: (SEVERITY_ORDER[a.severity], SOURCES.index(a.section)))
     counts = {s: sum(a.severity == s for a in kept) for s in SEVERITY_ORDER}

@@ -3,7 +3,8 @@ statements from pg_stat_statements that name them, and the column to index when
 those statements look rows up by `col = $n`.
 
 A table whose inferred column already leads an index is not listed again: the
-index is there (the scan counters only restart with pg_stat_reset()).
+index is there (the scan counters only restart with pg_stat_reset()). It is listed
+under `indexed` instead, so that recommendations do not call that new index unused.
 """
 
 from __future__ import annotations
@@ -34,11 +35,14 @@ ORDER BY s.seq_tup_read DESC
 LIMIT 50
 """
 COLUMNS = "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped"
-# the first key column of each index of the table (0 for an expression)
+# the first key column of each index of the table (none for an expression)
 LEADING = """
-SELECT a.attname FROM pg_index i
+SELECT a.attname, n.nspname || '.' || c.relname FROM pg_index i
 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+JOIN pg_class c ON c.oid = i.indexrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE i.indrelid = %s AND i.indisvalid
+ORDER BY 2
 """
 
 
@@ -59,15 +63,17 @@ def missing_indexes(probe: Probe) -> Section:
     )
     tables: list[dict[str, Any]] = []
     statements: list[dict[str, Any]] = []
+    indexed: list[dict[str, Any]] = []
     for c in candidates:
         schema, name = str(c["schemaname"]), str(c["relname"])
         label = f"{schema}.{name}"
         touching = [s for s in found.rows if sqlshape.mentions(s.query, schema, name)]
         touching.sort(key=lambda s: -s.total_ms)
         columns = {str(r[0]) for r in probe.rows(COLUMNS, (c["relid"],))}
-        leading = {str(r[0]) for r in probe.rows(LEADING, (c["relid"],))}
+        leading = {str(r[0]): str(r[1]) for r in reversed(probe.rows(LEADING, (c["relid"],)))}
         column = _column(touching, columns)
         if column and column in leading:
+            indexed.append({"table": label, "column": column, "index": leading[column]})
             section.notes.append(
                 f"{label}: still counted as scanned sequentially, but {column!r} is now "
                 "indexed (the counters restart only with pg_stat_reset())"
@@ -125,6 +131,12 @@ def missing_indexes(probe: Probe) -> Section:
             ),
             statements,
             empty="none found" if found.available else "pg_stat_statements is not available",
+        ),
+        Table(
+            "indexed",
+            "read by sequential scans before the index on their look-up column existed",
+            (Column("table", "table"), Column("column", "column"), Column("index", "index")),
+            indexed,
         ),
     ]
     if not found.available and tables:

@@ -162,17 +162,17 @@ def cache(probe: Probe) -> Section:
                 "tables reading most blocks from outside shared_buffers",
                 (
                     Column("table", "table"),
-                    Column("heap_blks_read", "heap read", "int"),
-                    Column("heap_blks_hit", "heap hit", "int"),
-                    Column("heap_hit_ratio", "heap hit", "percent"),
-                    Column("index_hit_ratio", "index hit", "percent"),
+                    Column("heap_blks_read", "blocks read", "int"),
+                    Column("heap_blks_hit", "blocks hit", "int"),
+                    Column("heap_hit_ratio", "heap hit ratio", "percent"),
+                    Column("index_hit_ratio", "index hit ratio", "percent"),
                 ),
                 rows,
             )
         ],
         notes=[
-            f"since statistics reset ({probe.stats_reset() or 'never reset'}); a block "
-            "read from the OS page cache counts as read"
+            f"counted since {probe.stats_reset() or 'statistics began (never reset)'}; a "
+            "block read from the OS page cache counts as read"
         ],
     )
     for kind, ratio, read in (("heap", heap, heap_read), ("index", index, idx_read)):
