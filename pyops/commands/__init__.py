@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +16,7 @@ import click
 
 from pyops import config, runlog
 from pyops.app import App
+from pyops.errors import EXIT_FAILED
 
 log = logging.getLogger("pyops")
 FORMAT = click.option(
@@ -53,6 +54,23 @@ def emit(fmt: str, data: Any, text: Callable[[], str]) -> None:
         out = text()
         if out:
             click.echo(out)
+
+
+def emit_results(
+    fmt: str,
+    key: str,
+    results: Sequence[Any],
+    ok_line: Callable[[Any], str],
+    failed_line: Callable[[Any], str],
+) -> None:
+    """Per-item results (each with .ok and .as_dict()); exit 1 if any failed."""
+    emit(
+        fmt,
+        {key: [r.as_dict() for r in results]},
+        lambda: "\n".join(ok_line(r) if r.ok else failed_line(r) for r in results),
+    )
+    if not all(r.ok for r in results):
+        raise SystemExit(EXIT_FAILED)
 
 
 @contextmanager

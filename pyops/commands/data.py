@@ -17,7 +17,7 @@ from pyops.actions import prune as prune_action
 from pyops.actions import restore as restore_action
 from pyops.actions import sync as sync_action
 from pyops.actions import verify as verify_action
-from pyops.commands import FORMAT, Ctx, emit, pass_ctx, recorded
+from pyops.commands import FORMAT, Ctx, emit, emit_results, pass_ctx, recorded
 from pyops.errors import EXIT_FAILED, PyopsError
 from pyops.progress import human
 
@@ -67,16 +67,13 @@ def backup(
         notify.notify(app, "failure", "; ".join(f"{r.target}: {r.error}" for r in failed))
     else:
         notify.notify(app, "success", ", ".join(f"{r.id} {human(r.bytes)}" for r in results))
-    emit(
+    emit_results(
         fmt,
-        {"backups": [r.as_dict() for r in results]},
-        lambda: "\n".join(
-            f"{r.target}: ok {r.id} {human(r.bytes)}" if r.ok else f"{r.target}: FAILED {r.error}"
-            for r in results
-        ),
+        "backups",
+        results,
+        lambda r: f"{r.target}: ok {r.id} {human(r.bytes)}",
+        lambda r: f"{r.target}: FAILED {r.error}",
     )
-    if failed:
-        raise SystemExit(EXIT_FAILED)
 
 
 def _age(started: datetime) -> str:
@@ -172,18 +169,13 @@ def verify(
         rec["verified"] = [r.as_dict() for r in results]
         if not all(r.ok for r in results):
             rec["result"] = "failed"
-    emit(
+    emit_results(
         fmt,
-        {"results": [r.as_dict() for r in results]},
-        lambda: "\n".join(
-            (f"{r.id}: ok" + (" (deep)" if r.deep else ""))
-            if r.ok
-            else f"{r.id}: FAILED: {r.error}"
-            for r in results
-        ),
+        "results",
+        results,
+        lambda r: f"{r.id}: ok" + (" (deep)" if r.deep else ""),
+        lambda r: f"{r.id}: FAILED: {r.error}",
     )
-    if not all(r.ok for r in results):
-        raise SystemExit(EXIT_FAILED)
 
 
 @click.command()
@@ -347,19 +339,16 @@ def drill(ctx: Ctx, targets: tuple[str, ...], remote: bool, keep: bool, fmt: str
         rec["bytes"] = sum(r.bytes for r in results)
         if not all(r.ok for r in results):
             rec["result"] = "failed"
-    emit(
+    emit_results(
         fmt,
-        {"drills": [r.as_dict() for r in results]},
-        lambda: "\n".join(
-            f"{r.target}: ok {r.backup} RTO {r.rto_s:.1f}s (fetch {r.fetch_s:.1f}s, restore "
-            f"{r.restore_s:.1f}s, check {r.check_s:.1f}s)"
-            if r.ok
-            else f"{r.target}: FAILED {r.error}"
-            for r in results
+        "drills",
+        results,
+        lambda r: (
+            f"{r.target}: ok {r.backup} RTO {r.rto_s:.1f}s (fetch {r.fetch_s:.1f}s, "
+            f"restore {r.restore_s:.1f}s, check {r.check_s:.1f}s)"
         ),
+        lambda r: f"{r.target}: FAILED {r.error}",
     )
-    if not all(r.ok for r in results):
-        raise SystemExit(EXIT_FAILED)
 
 
 @click.command()
