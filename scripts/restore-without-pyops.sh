@@ -78,12 +78,29 @@ while :; do
   esac
 done
 
+# on failure, leave nothing half-restored: drop the database this script created,
+# remove partial files and the private scratch
+created_db="" partial="" scratch=""
+cleanup() {
+  status=$?
+  [ -n "$scratch" ] && rm -rf "$scratch"
+  if [ "$status" -ne 0 ]; then
+    [ -n "$partial" ] && rm -f "$partial"
+    [ -n "$created_db" ] && dropdb --if-exists "$created_db" 2>/dev/null
+    echo "restore-without-pyops: failed; nothing was left behind" >&2
+  fi
+  exit "$status"
+}
+trap cleanup EXIT
+new_db() { createdb "$1"; created_db=$1; }
+new_scratch() { scratch=$(mktemp -d); chmod 700 "$scratch"; }
+
 case "$INNER" in
   pgdump|pgtar)
     [ -n "$dbname" ] || die "--dbname NEW is required for a PostgreSQL dump"
-    createdb "$dbname"
+    new_db "$dbname"
     if [ "$jobs" -gt 1 ] && [ "$INNER" = pgdump ]; then
-      scratch=$(mktemp -d); trap 'rm -rf "$scratch"' EXIT; chmod 700 "$scratch"
+      new_scratch
       stream > "$scratch/dump"
       pg_restore --exit-on-error --jobs "$jobs" -d "$dbname" "$scratch/dump"
     else
@@ -91,18 +108,19 @@ case "$INNER" in
     fi ;;
   sql)
     [ -n "$dbname" ] || die "--dbname NEW is required for a PostgreSQL dump"
-    createdb "$dbname"
+    new_db "$dbname"
     stream | psql -X -q -v ON_ERROR_STOP=1 --single-transaction -d "$dbname" >/dev/null ;;
   pgdir.tar)
     [ -n "$dbname" ] || die "--dbname NEW is required for a PostgreSQL dump"
-    scratch=$(mktemp -d); trap 'rm -rf "$scratch"' EXIT; chmod 700 "$scratch"
+    new_scratch
     stream | tar -x -C "$scratch"
-    createdb "$dbname"
+    new_db "$dbname"
     pg_restore --exit-on-error --jobs "$jobs" -d "$dbname" "$scratch/dump" ;;
   sqlite3)
     [ -n "$dest" ] || die "--dest FILE is required for a SQLite backup"
     [ ! -e "$dest" ] || die "$dest exists: choose a new path"
-    stream > "$dest.partial"
+    partial="$dest.partial"
+    stream > "$partial"
     check=$(sqlite3 "$dest.partial" 'PRAGMA integrity_check')
     [ "$check" = ok ] || { rm -f "$dest.partial"; die "integrity_check failed: $check"; }
     mv "$dest.partial" "$dest" ;;
