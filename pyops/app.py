@@ -18,6 +18,8 @@ from pyops.config import Config, PostgresTarget
 from pyops.lock import repository_lock
 
 log = logging.getLogger(__name__)
+# pyops itself talks to S3; no child (pg_dump, gpg, zstd, ...) needs these
+AWS_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
 def utcnow() -> datetime:
@@ -34,7 +36,8 @@ class App:
         # children never inherit a target's password variable; the one that needs
         # it gets PGPASSWORD in its own environment
         execute.hide_from_children(
-            t.password_env for t in self.config.targets if isinstance(t, PostgresTarget)
+            [t.password_env for t in self.config.targets if isinstance(t, PostgresTarget)]
+            + list(AWS_SECRETS)
         )
 
     @property

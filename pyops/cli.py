@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import signal
 import sys
 from datetime import UTC, datetime
 
@@ -16,7 +17,7 @@ import click
 
 from pyops import __version__
 from pyops.commands import Ctx
-from pyops.errors import EXIT_FAILED, EXIT_USAGE, PyopsError, os_error_message
+from pyops.errors import EXIT_FAILED, EXIT_USAGE, PyopsError, Terminated, os_error_message
 
 log = logging.getLogger("pyops")
 
@@ -107,7 +108,12 @@ COMMANDS = {
 }
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
@@ -125,6 +131,9 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("pyops: interrupted; temp files removed, nothing half-done left", err=True)
         sys.exit(130)
+    except Terminated:
+        click.echo("pyops: terminated; temp files removed, nothing half-done left", err=True)
+        sys.exit(143)
     except SystemExit:
         raise
     except Exception as exc:

@@ -58,6 +58,11 @@ class LockBusy(PyopsError):
     """Another pyops run holds the repository lock."""
 
 
+class Terminated(BaseException):
+    """SIGTERM (systemctl stop, a unit's timeout): unwind like Ctrl-C, so uploads are
+    aborted, pipelines killed and temp files removed on the way out."""
+
+
 class Aborted(PyopsError):
     """The operator declined, or confirmation was impossible."""
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import logging
 import os
 import threading
@@ -57,6 +58,48 @@ def b64sha256(data: bytes | memoryview) -> str:
     return base64.b64encode(hashlib.sha256(data).digest()).decode()
 
 
+class PartReader(io.RawIOBase):
+    """One part of a file as a seekable stream: botocore reads it in chunks (to sign and
+    to send) instead of pyops holding the whole part in memory."""
+
+    def __init__(self, fd: int, offset: int, length: int) -> None:
+        self.fd, self.offset, self.length, self.pos = fd, offset, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.length}[whence]
+        self.pos = max(0, min(self.length, base + pos))
+        return self.pos
+
+    def read(self, size: int | None = -1) -> bytes:
+        left = self.length - self.pos
+        n = left if size is None or size < 0 else min(size, left)
+        data = os.pread(self.fd, n, self.offset + self.pos) if n else b""
+        self.pos += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def b64sha256(self) -> str:
+        h = hashlib.sha256()
+        self.seek(0)
+        while chunk := self.read(DOWNLOAD_CHUNK):  # sized reads: flat memory
+            h.update(chunk)
+        self.seek(0)
+        return base64.b64encode(h.digest()).decode()
+
+
 class Offsite:
     """One bucket, one host's prefix."""
 
@@ -71,7 +114,16 @@ class Offsite:
         import boto3
         from botocore.config import Config as BotoConfig
 
-        return boto3.client(
+        from pyops.execute import hidden
+
+        # credentials from boto3's standard chain; the environment's were moved out of
+        # reach of child processes at start-up (App), so hand them over explicitly
+        session = boto3.session.Session(
+            aws_access_key_id=hidden("AWS_ACCESS_KEY_ID"),
+            aws_secret_access_key=hidden("AWS_SECRET_ACCESS_KEY"),
+            aws_session_token=hidden("AWS_SESSION_TOKEN"),
+        )
+        return session.client(
             "s3",
             endpoint_url=self.config.endpoint_url or None,
             region_name=self.config.region or None,
@@ -203,21 +255,23 @@ class Offsite:
 
         def send(number: int, offset: int) -> dict[str, Any]:
             try:
-                data = os.pread(fd, min(psize, size - offset), offset)
-                digest = b64sha256(data)
+                length = min(psize, size - offset)
+                body = PartReader(fd, offset, length)
+                digest = body.b64sha256()
                 answer = self._call(
                     f"upload of {key} (part {number})",
                     self.client.upload_part,
                     Key=key,
                     UploadId=upload_id,
                     PartNumber=number,
-                    Body=data,
+                    Body=body,
+                    ContentLength=length,
                     ChecksumAlgorithm="SHA256",
                     ChecksumSHA256=digest,
                 )
                 if progress is not None:
                     with lock:
-                        progress(len(data))
+                        progress(length)
                 return {"PartNumber": number, "ETag": answer["ETag"], "ChecksumSHA256": digest}
             finally:
                 slots.release()

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyops.calendar import ALL_JOBS, DEFAULT_JOBS, Job
-from pyops.config import Config, SqliteTarget
+from pyops.config import Config, FilesTarget, SqliteTarget
 
 HOME_DIRS = ("/home", "/root", "/run/user")
 
@@ -20,9 +20,12 @@ class Settings:
     group: str = "pyops"
     user_units: bool = False  # systemctl --user: no User=/Group=, lighter hardening
     writable: tuple[str, ...] = field(default_factory=tuple)
+    readable: tuple[str, ...] = field(default_factory=tuple)  # sources outside writable
 
     @classmethod
-    def from_config(cls, cfg: Config, pyops: str, config: Path, **kw: object) -> Settings:
+    def from_config(
+        cls, cfg: Config, pyops: str, config: Path, user: str = "pyops", user_units: bool = False
+    ) -> Settings:
         paths = {str(cfg.repository.path), str(cfg.repository.state)}
         if cfg.encryption.gnupghome:
             paths.add(str(cfg.encryption.gnupghome))  # gpg writes its trustdb and sockets
@@ -31,11 +34,20 @@ class Settings:
                 paths.add(str(t.path.parent))  # a WAL database needs its -shm writable
         if cfg.metrics.textfile_dir:
             paths.add(cfg.metrics.textfile_dir)
-        return cls(pyops, config, writable=tuple(sorted(paths)), **kw)  # type: ignore[arg-type]
+        readable = {str(p) for t in cfg.targets if isinstance(t, FilesTarget) for p in t.paths}
+        return cls(
+            pyops,
+            config,
+            user=user,
+            group=user,
+            user_units=user_units,
+            writable=tuple(sorted(paths)),
+            readable=tuple(sorted(readable)),
+        )
 
 
 def _hardening(s: Settings) -> list[str]:
-    under_home = any(p.startswith(HOME_DIRS) for p in (*s.writable, str(s.config)))
+    under_home = any(p.startswith(HOME_DIRS) for p in (*s.writable, *s.readable, str(s.config)))
     lines = [
         "UMask=0077",
         "ProtectSystem=strict",

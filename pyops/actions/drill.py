@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pyops import catalog
+from pyops.actions.verify import head
 from pyops.app import App
 from pyops.artifact import read_chunks
 from pyops.catalog import Backup
@@ -56,7 +57,7 @@ def latest(app: App, target: Target, remote: bool) -> tuple[Backup, float]:
     if remote:
         from pyops.actions import sync
 
-        backup = sync.fetch(app, sync.find_remote(app, None, target.name))
+        backup = sync.fetch(app, sync.find_remote(app, None, target.name), fresh=True)
         return backup, time.monotonic() - t0
     backups = [
         b
@@ -120,6 +121,8 @@ def drill_target(app: App, target: Target, remote: bool, keep: bool) -> DrillRes
     try:
         backup, result.fetch_s = latest(app, target, remote)
         result.backup, result.bytes = backup.id, backup.manifest.size
+        if backup.manifest.encrypted:  # a host with only the public key: say so plainly
+            app.codec.probe_decrypt(head(backup), backup.id)
         stamp = catalog.stamp(app.clock())
         place = _scratch_place(app, target, backup, stamp)
         result.scratch = place

@@ -166,13 +166,15 @@ def find_remote(app: App, backup_id: str | None, target: str | None) -> Manifest
     return manifests[0]
 
 
-def fetch(app: App, manifest: Manifest) -> Backup:
+def fetch(app: App, manifest: Manifest, fresh: bool = False) -> Backup:
     """Download a remote backup into the local repository (temp name, sha256 checked in
-    the stream, rename, manifest last): from then on it is an ordinary local backup."""
+    the stream, rename, manifest last): from then on it is an ordinary local backup.
+    An identical local copy is used instead, unless `fresh` (a drill must read the
+    bucket's bytes)."""
     store = offsite(app)
     directory = catalog.make_private_dir(catalog.tier_dir(app.repo, manifest.target, manifest.tier))
     local = Backup(manifest, directory)
-    if local.manifest_path.exists() and local.artifact_path.exists():
+    if not fresh and local.manifest_path.exists() and local.artifact_path.exists():
         existing = catalog.find(app.repo, manifest.id)
         if existing.manifest.sha256 == manifest.sha256:
             log.info("fetch %s: a local copy exists; using it", manifest.id)

@@ -35,7 +35,6 @@ def _settings(ctx: Ctx, user: str, user_units: bool) -> units.Settings:
         _pyops_path(),
         ctx.path.absolute(),
         user=user,
-        group=user,
         user_units=user_units,
     )
 
