@@ -27,8 +27,12 @@ lint: venv
 	$(VENV)/bin/ruff format --check pyops tests
 	$(VENV)/bin/mypy
 
+# line and branch coverage of pyops/, the CLI subprocesses included (pyproject.toml)
+COV_MIN ?= 85
 test: deps venv lint
-	$(VENV)/bin/pytest -q
+	rm -f .coverage .coverage.*
+	$(VENV)/bin/pytest -q -p no:cacheprovider --cov=pyops --cov-report=term \
+		--cov-fail-under=$(COV_MIN)
 
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit

@@ -32,9 +32,10 @@ class App:
     clock: Callable[[], datetime] = utcnow
     interactive: bool = field(default_factory=lambda: sys.stderr.isatty())
 
-    def __post_init__(self) -> None:
-        # children never inherit a target's password variable; the one that needs
-        # it gets PGPASSWORD in its own environment
+    def hide_secrets_from_children(self) -> None:
+        """For the pyops process (the CLI): no child inherits a target's password
+        variable or the AWS keys; the one that needs a password gets PGPASSWORD in its
+        own environment. Not done for in-process use, where the environment is not ours."""
         execute.hide_from_children(
             [t.password_env for t in self.config.targets if isinstance(t, PostgresTarget)]
             + list(AWS_SECRETS)

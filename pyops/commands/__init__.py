@@ -41,6 +41,7 @@ class Ctx:
     def app(self) -> App:
         if self._app is None:
             self._app = App(config.load(self.path))
+            self._app.hide_secrets_from_children()
         return self._app
 
 
