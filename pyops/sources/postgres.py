@@ -8,6 +8,7 @@ The password reaches libpq only through the child's environment (PGPASSWORD from
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -28,6 +29,7 @@ from pyops.execute import DEVNULL, PIPE, Stage, first_line, hidden, in_thread, p
 from pyops.sources import Dump, RestorePlan, Staged
 from pyops.tools import pg
 
+log = logging.getLogger(__name__)
 PLAIN_END = b"-- PostgreSQL database dump complete"
 TABLES = """
 SELECT n.nspname, c.relname
@@ -161,6 +163,10 @@ def count_rows(conn: psycopg.Connection[Any], tables: list[tuple[str, str]]) -> 
 @contextlib.contextmanager
 def dump(target: PostgresTarget, scratch: Path) -> Iterator[Dump]:
     env = child_env(target)
+    try:
+        drop_restore_leftovers(target)
+    except (PyopsError, psycopg.Error) as exc:  # a backup must not fail over housekeeping
+        log.warning("could not check for leftovers of interrupted restores: %s", exc)
     conn = connect(target)
     try:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -312,8 +318,31 @@ def _maintenance_db(target: PostgresTarget) -> psycopg.Connection[Any]:
     return connect(target, "postgres", autocommit=True)
 
 
+RESTORE_SUFFIX = "_pyops_restore_"
+STAMP_TAIL = re.compile(r"\d{8}T\d{6}Z$")
+
+
+def drop_restore_leftovers(target: PostgresTarget) -> list[str]:
+    """Drop databases a killed in-place restore of this target left (`<db>_pyops_restore_
+    <stamp>`). Only names pyops makes, and only under the repository lock, where no
+    other pyops run can be restoring."""
+    prefix = _name(dbname(target), RESTORE_SUFFIX + "0" * 16)[:-16]
+    dropped = []
+    with _maintenance_db(target) as conn:
+        names = [str(r[0]) for r in conn.execute("SELECT datname FROM pg_database").fetchall()]
+        for name in names:
+            if name.startswith(prefix) and STAMP_TAIL.fullmatch(name[len(prefix) :]):
+                log.warning("dropping %s, left by an interrupted restore", name)
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
+                dropped.append(name)
+    return dropped
+
+
 def plan(target: PostgresTarget, into: str | None) -> RestorePlan:
     live = dbname(target)
+    drop_restore_leftovers(target)
     with _maintenance_db(target) as conn:
         if into:
             if _exists(conn, into):
@@ -375,7 +404,7 @@ def restore(
     jobs: int,
 ) -> Staged:
     live = dbname(target)
-    work = into or _name(live, f"_pyops_restore_{stamp}")
+    work = into or _name(live, f"{RESTORE_SUFFIX}{stamp}")
     env = child_env(target)
     with _maintenance_db(target) as conn:
         _create_db(conn, work, manifest)
