@@ -329,6 +329,13 @@ class Offsite:
         answer = self._call(f"download of {key}", self.client.get_object, Key=key)
         return bytes(answer["Body"].read())
 
+    def first_bytes(self, key: str, count: int) -> bytes:
+        """The start of an object (a ranged GET), e.g. to prove a key opens it."""
+        answer = self._call(
+            f"download of {key}", self.client.get_object, Key=key, Range=f"bytes=0-{count - 1}"
+        )
+        return bytes(answer["Body"].read())
+
     def stream(self, key: str) -> Iterator[bytes]:
         """An object's bytes a chunk at a time."""
         from botocore.exceptions import BotoCoreError

@@ -103,6 +103,12 @@ def verify_one(app: App, manifest: Manifest, deep_: bool, remote: bool) -> Verif
     source = _remote_chunks if remote else _local_chunks
     try:
         if remote and deep_:
+            if manifest.encrypted:
+                from pyops.actions.sync import offsite
+
+                store = offsite(app)
+                head_ = store.first_bytes(store.artifact_key(manifest), HEAD)
+                app.codec.probe_decrypt(head_, manifest.id)
             deep(app, manifest, source(app, manifest))  # one pass over the network
         else:
             checksum(manifest, source(app, manifest))

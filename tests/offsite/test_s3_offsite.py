@@ -201,3 +201,25 @@ def test_no_offsite_flag_uploads_nothing(
     config = sqlite_config(tmp_path, s3, sqlite_source)
     ok(run_pyops(config, "backup", flag))
     assert s3.object_keys() == []
+
+
+def test_remote_deep_verify_of_an_encrypted_backup_checks_the_key_first(
+    tmp_path: Path, s3: S3, sqlite_source: Path
+) -> None:
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    secret = tmp_path / "passphrase"
+    secret.write_text("right horse battery staple\n")
+    secret.chmod(0o600)
+    extra = (
+        f'[encryption]\nmode = "gpg-symmetric"\ngnupghome = "{home}"\n'
+        f'passphrase_file = "{secret}"\n'
+    )
+    config = sqlite_config(tmp_path, s3, sqlite_source, extra=extra)
+    ok(run_pyops(config, "backup"))
+    shutil.rmtree(tmp_path / "repo")  # only the bucket has it
+    ok(run_pyops(config, "verify", "--remote", "--deep"))
+    secret.write_text("wrong\n")
+    refused = run_pyops(config, "verify", "--remote", "--deep")
+    assert refused.returncode == 1
+    assert "wrong passphrase" in refused.stdout + refused.stderr
