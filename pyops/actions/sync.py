@@ -153,11 +153,13 @@ def reconcile(app: App, targets: list[str]) -> list[Drift]:
 
 def find_remote(app: App, backup_id: str | None, target: str | None) -> Manifest:
     store = offsite(app)
-    manifests = [m for m in store.manifests() if m.tier != "pre-restore"]
+    remote = store.manifests()  # one listing plus one GET per manifest: fetch it once
     if backup_id:
-        manifests = [m for m in store.manifests() if m.id == backup_id]
-    elif target:
-        manifests = [m for m in manifests if m.target == target]
+        manifests = [m for m in remote if m.id == backup_id]
+    else:
+        manifests = [m for m in remote if m.tier != "pre-restore"]
+        if target:
+            manifests = [m for m in manifests if m.target == target]
     if not manifests:
         what = backup_id or (f"backup of {target}" if target else "backup")
         raise PyopsError(f"no complete {what} in {store.describe()}")

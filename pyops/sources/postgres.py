@@ -122,14 +122,20 @@ def bin_dir(target: PostgresTarget, server_major: int) -> Path | None:
     the server, else PATH. pg_dump older than the server refuses to run."""
     if target.pg_bin_dir:
         return target.pg_bin_dir
-    candidates = sorted(
-        (p for p in Path("/usr/lib/postgresql").glob("*/bin") if (p / "pg_dump").exists()),
-        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
-    )
-    for path in candidates:
-        if path.parent.name.isdigit() and int(path.parent.name) >= server_major:
+    for major, path in debian_clients("pg_dump"):
+        if major >= server_major:
             return path
     return None
+
+
+def debian_clients(tool: str) -> list[tuple[int, Path]]:
+    """(major, bin dir) of every /usr/lib/postgresql/N/bin holding `tool`, oldest first."""
+    found = [
+        (int(p.parent.name), p)
+        for p in Path("/usr/lib/postgresql").glob("*/bin")
+        if p.parent.name.isdigit() and (p / tool).exists()
+    ]
+    return sorted(found)
 
 
 def client_for(target: PostgresTarget, server_major: int, name: str) -> tuple[Path | None, str]:
@@ -254,11 +260,8 @@ def _pg_restore_stage(
 def newest_client() -> Path | None:
     """pg_restore must be at least as new as the pg_dump that wrote the archive: take
     the newest installed client (Debian layout), else PATH."""
-    candidates = sorted(
-        (p for p in Path("/usr/lib/postgresql").glob("*/bin") if (p / "pg_restore").exists()),
-        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
-    )
-    return candidates[-1] if candidates else None
+    candidates = debian_clients("pg_restore")
+    return candidates[-1][1] if candidates else None
 
 
 def deep_check(
@@ -333,9 +336,7 @@ def drop_restore_leftovers(target: PostgresTarget) -> list[str]:
         for name in names:
             if name.startswith(prefix) and STAMP_TAIL.fullmatch(name[len(prefix) :]):
                 log.warning("dropping %s, left by an interrupted restore", name)
-                conn.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-                )
+                _drop(conn, name)
                 dropped.append(name)
     return dropped
 
@@ -388,9 +389,11 @@ def _create_db(conn: psycopg.Connection[Any], name: str, manifest: Manifest) -> 
 
 def drop_database(target: PostgresTarget, name: str) -> None:
     with _maintenance_db(target) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
+        _drop(conn, name)
+
+
+def _drop(conn: psycopg.Connection[Any], name: str) -> None:
+    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def restore(
