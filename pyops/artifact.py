@@ -8,8 +8,8 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from pyops.catalog import TEMP_MARK, fsync_dir
 from pyops.errors import PyopsError
+from pyops.fsutil import fsync_dir, temp_name
 
 CHUNK = 1 << 20
 
@@ -19,8 +19,8 @@ class ArtifactWriter:
 
     def __init__(self, final: Path) -> None:
         self.final = final
-        self.temp = final.with_name(f"{final.name}{TEMP_MARK}{os.getpid()}")
-        self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self.temp = temp_name(final)
+        self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         self.hash = hashlib.sha256()
         self.bytes = 0
 
@@ -62,8 +62,10 @@ def disk_error(exc: OSError, path: Path) -> PyopsError:
 
 
 def read_chunks(path: Path, hasher: hashlib._Hash | None = None) -> Iterator[bytes]:
-    """A file a chunk at a time, optionally hashing it on the way."""
-    with open(path, "rb", buffering=0) as f:
+    """A file a chunk at a time, optionally hashing it on the way. A symlink is not
+    followed: in the repository, a link where a file should be is not ours."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with open(fd, "rb", buffering=0) as f:
         while chunk := f.read(CHUNK):
             if hasher is not None:
                 hasher.update(chunk)

@@ -1,219 +1,277 @@
-"""Naming, manifests and the listing of complete backups.
+"""The catalog: the only code that names keys, reads and writes manifests, lists
+complete backups, chooses "latest", copies a backup between stores and deletes one.
 
-A backup is complete when its manifest exists: the artifact is renamed into
-place first, the manifest last. Everything else in the repository is either a
-leftover of a dead run (cleaned by the next one) or not ours (never touched).
+It works over any store (the repository directory, the bucket, memory), so local
+and remote listing, latest, prune and copy exist once. A backup is complete when
+its manifest exists: the artifact goes first, the manifest last; deleting goes
+manifest first. Every manifest read back is validated (shape, place, repository,
+MAC) before anything uses it; one that fails is reported by key and never read
+from, written to or deleted through.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import re
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from pyops import manifest as mf
 from pyops.errors import PyopsError
+from pyops.fsutil import temp_owner_alive
+from pyops.manifest import MANIFEST_SUFFIX, TIERS, InvalidManifest, Manifest
+from pyops.storage import NotFound, Progress, Store, StoreError, read_small
 
-TIERS = ("daily", "weekly", "monthly", "pre-restore")
-STAMP = "%Y%m%dT%H%M%SZ"
-MANIFEST_SUFFIX = ".manifest.json"
-TEMP_MARK = ".tmp-"
-ID_RE = re.compile(
-    r"^(?P<target>[A-Za-z0-9_-]+)\.(?P<tier>daily|weekly|monthly|pre-restore)\."
-    r"(?P<stamp>\d{8}T\d{6}Z)$"
-)
-
-
-def stamp(when: datetime) -> str:
-    return when.astimezone(UTC).strftime(STAMP)
-
-
-def backup_id(target: str, tier: str, when: datetime) -> str:
-    return f"{target}.{tier}.{stamp(when)}"
-
-
-def parse_id(text: str) -> tuple[str, str, datetime]:
-    match = ID_RE.match(text)
-    if not match:
-        raise PyopsError(f"not a backup id: {text!r} (expected TARGET.TIER.YYYYmmddTHHMMSSZ)")
-    try:
-        when = datetime.strptime(match["stamp"], STAMP).replace(tzinfo=UTC)
-    except ValueError:
-        raise PyopsError(f"not a backup id: {text!r} (its time is not a valid date)") from None
-    return match["target"], match["tier"], when
-
-
-def tier_dir(repo: Path, target: str, tier: str) -> Path:
-    return repo / target / tier
-
-
-@dataclass
-class Manifest:
-    id: str
-    target: str
-    type: str
-    tier: str
-    host: str
-    started_at: str
-    finished_at: str
-    duration_s: float
-    pyops_version: str
-    tools: dict[str, str]
-    source: dict[str, Any]
-    format: str
-    compression: dict[str, Any]
-    encryption: dict[str, Any]
-    artifact: dict[str, Any]
-    content: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def started(self) -> datetime:
-        return datetime.fromisoformat(self.started_at)
-
-    @property
-    def artifact_name(self) -> str:
-        return str(self.artifact["name"])
-
-    @property
-    def sha256(self) -> str:
-        return str(self.artifact["sha256"])
-
-    @property
-    def size(self) -> int:
-        return int(self.artifact["bytes"])
-
-    @property
-    def encrypted(self) -> bool:
-        return bool(self.encryption.get("mode", "none") != "none")
-
-    def to_json(self) -> bytes:
-        return (json.dumps(asdict(self), indent=2, sort_keys=True) + "\n").encode()
-
-    @classmethod
-    def from_json(cls, data: bytes, origin: str) -> Manifest:
-        try:
-            raw = json.loads(data)
-            return cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
-        except (ValueError, TypeError) as exc:
-            raise PyopsError(f"unreadable manifest {origin}: {exc}") from None
+# re-exported: most callers only need these names
+__all__ = ["MANIFEST_SUFFIX", "TIERS", "Backup", "Catalog", "Listing", "Manifest", "Refusal"]
 
 
 @dataclass(frozen=True)
 class Backup:
-    """A complete local backup: its manifest and where its artifact lies."""
+    """A complete backup whose manifest passed every check of its catalog."""
 
     manifest: Manifest
-    directory: Path
+    authenticated: bool
 
     @property
     def id(self) -> str:
         return self.manifest.id
 
     @property
-    def artifact_path(self) -> Path:
-        return self.directory / self.manifest.artifact_name
+    def artifact_key(self) -> str:
+        m = self.manifest
+        return f"{m.target}/{m.tier}/{m.artifact_name}"
 
     @property
-    def manifest_path(self) -> Path:
-        return self.directory / f"{self.id}{MANIFEST_SUFFIX}"
+    def manifest_key(self) -> str:
+        return manifest_key(self.id)
 
 
-def _manifests(repo: Path) -> Iterator[Path]:
-    if not repo.is_dir():
-        return
-    for target_dir in sorted(repo.iterdir()):
-        if target_dir.name.startswith(".") or not target_dir.is_dir():
-            continue
-        for tier in TIERS:
-            directory = target_dir / tier
-            if directory.is_dir():
-                yield from sorted(directory.glob(f"*{MANIFEST_SUFFIX}"))
+@dataclass(frozen=True)
+class Refusal:
+    """A manifest the catalog will not use, and why."""
+
+    key: str
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"key": self.key, "reason": self.reason}
 
 
-def complete_backups(
-    repo: Path, target: str | None = None, tier: str | None = None
-) -> list[Backup]:
-    """Complete backups, newest first. A manifest pyops cannot read is an error, not a
-    silent omission: retention must never count around it."""
-    found: list[Backup] = []
-    for path in _manifests(repo):
-        stem = path.name[: -len(MANIFEST_SUFFIX)]
-        if not ID_RE.match(stem):
-            continue
-        manifest = Manifest.from_json(path.read_bytes(), str(path))
-        if manifest.id != stem:
-            raise PyopsError(f"manifest {path} names another backup ({manifest.id})")
-        if target and manifest.target != target:
-            continue
-        if tier and manifest.tier != tier:
-            continue
-        found.append(Backup(manifest, path.parent))
-    found.sort(key=lambda b: (b.manifest.started_at, b.id), reverse=True)
-    return found
+@dataclass
+class Listing:
+    backups: list[Backup] = field(default_factory=list)  # usable, newest first
+    refused: list[Refusal] = field(default_factory=list)  # invalid, forged, unauthenticated
+    foreign: list[Refusal] = field(default_factory=list)  # another repository's: not touched
+
+    def latest(self, target: str | None = None) -> Backup | None:
+        for b in self.backups:
+            if b.manifest.tier != "pre-restore" and (target is None or b.manifest.target == target):
+                return b
+        return None
 
 
-def find(repo: Path, backup_id_: str) -> Backup:
-    target, tier, _ = parse_id(backup_id_)
-    path = tier_dir(repo, target, tier) / f"{backup_id_}{MANIFEST_SUFFIX}"
-    if not path.exists():
-        raise PyopsError(f"no complete backup {backup_id_} in {repo} (see `pyops list`)")
-    return Backup(Manifest.from_json(path.read_bytes(), str(path)), path.parent)
+def manifest_key(backup_id: str) -> str:
+    target, tier, _ = mf.parse_id(backup_id)
+    return f"{target}/{tier}/{backup_id}{MANIFEST_SUFFIX}"
 
 
-def leftovers(repo: Path, target: str) -> list[Path]:
-    """Files of dead runs: temp files, and artifacts whose manifest never came.
-    Only names pyops makes are considered; anything else is left alone."""
-    out: list[Path] = []
-    for tier in TIERS:
-        directory = tier_dir(repo, target, tier)
-        if not directory.is_dir():
-            continue
-        complete = {p.name[: -len(MANIFEST_SUFFIX)] for p in directory.glob(f"*{MANIFEST_SUFFIX}")}
-        for path in directory.iterdir():
-            name = path.name
-            head = name.split(TEMP_MARK, 1)[0]
-            stem = head.split(".")
-            candidate = ".".join(stem[:3])
-            if not ID_RE.match(candidate):
+class Catalog:
+    """The backups of one repository in one store."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        repository_id: str | None,
+        key: bytes | None,
+        allow_unauthenticated: bool = False,
+    ) -> None:
+        self.store = store
+        self.repository_id = repository_id
+        self.key = key
+        self.allow_unauthenticated = allow_unauthenticated
+
+    def describe(self) -> str:
+        return self.store.describe()
+
+    # --- reading ------------------------------------------------------------------
+
+    def _read(self, key: str) -> tuple[Backup | None, Refusal | None, bool]:
+        """(backup, refusal, foreign) for the manifest at `key`."""
+        target, tier, name = key.split("/")
+        stem = name[: -len(MANIFEST_SUFFIX)]
+        try:
+            m = Manifest.parse(read_small(self.store, key), key)
+            mf.check_place(m, target, tier, stem)
+        except InvalidManifest as exc:
+            return None, Refusal(key, str(exc).removeprefix(f"{key}: ")), False
+        if m.repository_id and self.repository_id and m.repository_id != self.repository_id:
+            return None, Refusal(key, f"belongs to repository {m.repository_id}"), True
+        if self.key is None:
+            return Backup(m, False), None, False
+        if mf.authentic(self.key, m):
+            return Backup(m, True), None, False
+        if m.mac:
+            why = "its MAC does not match the repository key: forged or altered"
+            return None, Refusal(key, why), False
+        if self.allow_unauthenticated:
+            return Backup(m, False), None, False
+        why = (
+            "unauthenticated (no MAC): written before the repository key existed, or forged "
+            "(`pyops init` signs verified old backups; --allow-unauthenticated uses it anyway)"
+        )
+        return None, Refusal(key, why), False
+
+    def _manifest_keys(self, target: str | None, tier: str | None) -> Iterator[str]:
+        prefix = f"{target}/" if target else ""
+        if target and tier:
+            prefix += f"{tier}/"
+        for info in self.store.list(prefix):
+            parts = info.key.split("/")
+            if len(parts) != 3 or not parts[2].endswith(MANIFEST_SUFFIX):
                 continue
-            if TEMP_MARK in name or candidate not in complete:
-                out.append(path)
-    return out
+            if (target and parts[0] != target) or (tier and parts[1] != tier):
+                continue
+            yield info.key
+
+    def scan(self, target: str | None = None, tier: str | None = None) -> Listing:
+        """Every manifest (of `target`, `tier`), judged."""
+        out = Listing()
+        for key in self._manifest_keys(target, tier):
+            backup, refusal, foreign = self._read(key)
+            if backup is not None:
+                out.backups.append(backup)
+            elif foreign:
+                out.foreign.append(refusal)  # type: ignore[arg-type]
+            else:
+                out.refused.append(refusal)  # type: ignore[arg-type]
+        out.backups.sort(key=lambda b: (b.manifest.started_at, b.id), reverse=True)
+        return out
+
+    def backups(self, target: str | None = None, tier: str | None = None) -> list[Backup]:
+        return self.scan(target, tier).backups
+
+    def find(self, backup_id: str, *, foreign_ok: bool = False) -> Backup:
+        """The backup named by id. `foreign_ok`: another repository's backup under the
+        same prefix, named explicitly by its id, may be read (never pruned)."""
+        key = manifest_key(backup_id)
+        if self.store.stat(key) is None:
+            raise PyopsError(f"no complete backup {backup_id} in {self.describe()}")
+        backup, refusal, foreign = self._read(key)
+        if backup is not None:
+            return backup
+        assert refusal is not None
+        if foreign and foreign_ok:
+            saved = self.repository_id
+            try:
+                self.repository_id = None
+                return self.find(backup_id)
+            finally:
+                self.repository_id = saved
+        raise PyopsError(f"{self.describe()}: {key}: {refusal.reason}: not used")
+
+    def latest(self, target: str) -> Backup:
+        found = self.scan(target).latest(target)
+        if found is None:
+            raise PyopsError(f"no complete backup of {target} in {self.describe()}")
+        return found
+
+    def read_manifest_bytes(self, backup: Backup) -> bytes:
+        return read_small(self.store, backup.manifest_key)
+
+    def chunks(self, backup: Backup) -> Iterator[bytes]:
+        return self.store.open_chunks(backup.artifact_key)
+
+    def head(self, backup: Backup, count: int) -> bytes:
+        return self.store.read_range(backup.artifact_key, 0, count)
+
+    def artifact_path(self, backup: Backup) -> Path:
+        """The artifact as a local file (local stores only)."""
+        path_of: Callable[[str], Path] | None = getattr(self.store, "path", None)
+        if path_of is None:
+            raise PyopsError(f"{self.describe()} is not a local repository")
+        return path_of(backup.artifact_key)
+
+    # --- writing ------------------------------------------------------------------
+
+    def write_manifest(self, manifest: Manifest) -> Backup:
+        """Seal (MAC) and store the manifest: from now on the backup is complete."""
+        manifest.repository_id = manifest.repository_id or (self.repository_id or "")
+        mf.seal(self.key, manifest)
+        backup = Backup(manifest, self.key is not None)
+        self.store.put_bytes(backup.manifest_key, manifest.to_json())
+        return backup
+
+    def delete(self, backup: Backup) -> None:
+        """Manifest first: from that moment it is no longer a backup."""
+        self.store.delete(backup.manifest_key)
+        self.store.delete(backup.artifact_key)
+
+    def leftovers(self, target: str) -> list[str]:
+        """Keys of dead runs: temp files whose process is gone, and artifacts whose
+        manifest never came. Only names pyops makes are considered."""
+        infos = [i for i in self.store.list(f"{target}/") if len(i.key.split("/")) == 3]
+        names = {i.key for i in infos}
+        out = []
+        for info in infos:
+            _target, tier, name = info.key.split("/")
+            if tier not in TIERS:
+                continue
+            if mf.TEMP_RE.search(name):
+                base = mf.TEMP_RE.sub("", name)
+                if _made_by_pyops(base) and not temp_owner_alive(name):
+                    out.append(info.key)
+                continue
+            stem = ".".join(name.split(".")[:3])
+            if (
+                mf.ID_RE.match(stem)
+                and mf.artifact_extension(stem, name) is not None
+                and f"{target}/{tier}/{stem}{MANIFEST_SUFFIX}" not in names
+            ):
+                out.append(info.key)
+        return out
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Temp name, fsync, rename, fsync the directory: a reader sees all or nothing."""
-    tmp = path.with_name(f"{path.name}{TEMP_MARK}{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def _made_by_pyops(name: str) -> bool:
+    stem = ".".join(name.split(".")[:3])
+    if not mf.ID_RE.match(stem):
+        return False
+    return name == f"{stem}{MANIFEST_SUFFIX}" or mf.artifact_extension(stem, name) is not None
+
+
+def copy(
+    src: Catalog, dst: Catalog, backup: Backup, progress: Progress = None, fresh: bool = False
+) -> bool:
+    """Upload and fetch are this one copy: the artifact streamed into `dst` with its
+    sha256 checked against the manifest (nothing stored when it differs), then the
+    manifest, byte for byte, last. What `dst` already holds identically (an artifact
+    whose recorded size and sha256 match, the same manifest bytes) is not sent again,
+    unless `fresh`. Returns whether anything was sent."""
+    m = backup.manifest
+    key = backup.artifact_key
+    data = src.read_manifest_bytes(backup)
+    there = None if fresh else dst.store.stat(key)
+    artifact_there = there is not None and there.size == m.size and there.sha256 == m.sha256
+    if artifact_there and _same_bytes(dst, backup.manifest_key, data):
+        return False
+    path_of: Callable[[str], Path] | None = getattr(src.store, "path", None)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+        if artifact_there:
+            pass
+        elif path_of is not None:
+            dst.store.put_file(key, path_of(key), m.sha256, progress)
+        else:
+            dst.store.put_stream(key, src.store.open_chunks(key), m.sha256, progress)
+    except NotFound:
+        raise PyopsError(f"{backup.id}: artifact {key} is missing in {src.describe()}") from None
+    except StoreError as exc:
+        raise PyopsError(f"{backup.id}: copy to {dst.describe()} failed: {exc}") from None
+    dst.store.put_bytes(backup.manifest_key, data)
+    return True
 
 
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+def _same_bytes(catalog: Catalog, key: str, data: bytes) -> bool:
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def make_private_dir(path: Path) -> Path:
-    """mkdir -p with 0700 on what it creates, whatever the umask."""
-    missing = []
-    p = path
-    while not p.exists():
-        missing.append(p)
-        p = p.parent
-    for d in reversed(missing):
-        d.mkdir(mode=0o700)
-        os.chmod(d, 0o700)
-    return path
+        return read_small(catalog.store, key) == data
+    except NotFound:
+        return False

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pyops.catalog import Manifest
 from pyops.config import CompressionConfig, EncryptionConfig
 from pyops.errors import PyopsError
 from pyops.execute import Stage, first_line, run_quiet
+from pyops.manifest import Manifest
 from pyops.tools import compress, gpg
 
 PROBE_BYTES = 1 << 16

@@ -36,8 +36,13 @@ def opt(default: Any = MISSING, help: str = "") -> Any:
 class RepositoryConfig:
     path: Path = opt(Path("/var/backups/pyops"), "where backups live; created 0700")
     host: str = opt("", "host name in S3 keys and manifests; default: this machine's")
-    state_dir: Path | None = opt(None, "run log and lock; default: <path>/.pyops")
+    state_dir: Path | None = opt(None, "run log, scratch, markers; default: <path>/.pyops")
     lock_wait_seconds: float = opt(30.0, "how long a run waits for another run's lock")
+    key_file: Path | None = opt(
+        None,
+        "repository key (0600) that authenticates manifests; `pyops init` creates it. "
+        "Keep a copy with the gpg secret key; empty: manifests are unauthenticated",
+    )
 
     @property
     def state(self) -> Path:

@@ -1,4 +1,5 @@
-"""One lock per repository, so two runs never write or prune the same tree at once."""
+"""One lock per repository, kept in the repository itself, so two runs never write or
+prune the same tree at once, whichever configs (and state dirs) they come from."""
 
 from __future__ import annotations
 
@@ -9,16 +10,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from pyops.catalog import make_private_dir
 from pyops.errors import LockBusy
+from pyops.fsutil import make_private_dir
 
 
 @contextlib.contextmanager
-def repository_lock(state_dir: Path, wait_seconds: float, what: str) -> Iterator[None]:
-    """Hold an flock on <state>/lock; wait up to `wait_seconds`, then name the holder."""
-    make_private_dir(state_dir)
-    path = state_dir / "lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+def repository_lock(repo: Path, wait_seconds: float, what: str) -> Iterator[None]:
+    """Hold an flock on <repository>/.lock; wait up to `wait_seconds`, then name the holder."""
+    make_private_dir(repo)
+    path = repo / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         deadline = time.monotonic() + wait_seconds
         while True:

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pyops import catalog
 from pyops.config import Config
 from pyops.errors import ConfigError, PyopsError
+from pyops.fsutil import make_private_dir, write_atomic
+from pyops.manifest import parse_id
 
 if TYPE_CHECKING:
     from pyops.app import App
@@ -125,7 +126,7 @@ def _where(result: dict[str, Any]) -> tuple[str, str]:
         value = result.get(key)
         if value and (not target or not tier):
             try:
-                parsed_target, parsed_tier, _ = catalog.parse_id(str(value))
+                parsed_target, parsed_tier, _ = parse_id(str(value))
             except PyopsError:
                 continue
             target, tier = target or parsed_target, tier or parsed_tier
@@ -188,8 +189,8 @@ def record_run(app: App, command: str, results: list[dict[str, Any]]) -> None:
             if "last_success" not in entry and "last_success" in previous:
                 entry["last_success"] = previous["last_success"]
             state[key] = entry
-        catalog.make_private_dir(state_path.parent)
-        catalog.write_atomic(state_path, json.dumps(state, sort_keys=True).encode())
+        make_private_dir(state_path.parent)
+        write_atomic(state_path, json.dumps(state, sort_keys=True).encode())
         write_textfile(app, command, render(run_families(command, state)))
     except (OSError, PyopsError) as exc:
         log.warning("metrics for %s not written: %s", command, exc)

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pyops.catalog import make_private_dir
+from pyops.fsutil import make_private_dir
 
 
 def append(state_dir: Path, record: dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 import schedule
 
 from pyops.calendar import Job
-from pyops.catalog import make_private_dir, write_atomic
+from pyops.fsutil import make_private_dir, write_atomic
 
 log = logging.getLogger(__name__)
 Runner = Callable[[Job], int]

@@ -13,6 +13,7 @@ TEMPLATE = """\
 [repository]
 path = "{repo}"             # created 0700; backups written 0600
 host = "{host}"
+key_file = "{key}"  # authenticates manifests: keep a copy with the gpg secret key
 
 [retention]                 # complete backups kept per target and tier
 daily = 7
@@ -50,5 +51,5 @@ mode = "none"               # none | gpg-public | gpg-symmetric
 """
 
 
-def starter_config(repo: Path) -> str:
-    return TEMPLATE.format(repo=repo, host=socket.gethostname())
+def starter_config(repo: Path, key: Path) -> str:
+    return TEMPLATE.format(repo=repo, host=socket.gethostname(), key=key)

@@ -15,9 +15,9 @@ import io
 from collections.abc import Iterable, Iterator
 from typing import IO
 
-from pyops.catalog import Manifest
 from pyops.errors import VerifyFailed
 from pyops.execute import DEVNULL, PIPE, Stage, in_thread, pipeline, start
+from pyops.manifest import Manifest
 
 
 class IterReader(io.RawIOBase):

@@ -13,13 +13,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pyops import __version__, catalog
+from pyops import __version__
 from pyops.app import App
 from pyops.artifact import ArtifactWriter, read_chunks
-from pyops.catalog import Manifest
+from pyops.catalog import Catalog
 from pyops.config import Target
 from pyops.errors import ConfigError, PyopsError, os_error_message
 from pyops.execute import DEVNULL, PIPE, pipeline
+from pyops.manifest import Manifest
+from pyops.manifest import backup_id as make_id
 from pyops.progress import Progress, human, proc_io
 from pyops.sources import module
 
@@ -53,17 +55,18 @@ class BackupResult:
         return self.__dict__.copy()
 
 
-def clean_leftovers(app: App, target: str) -> None:
-    """Remove what dead runs left: temp files and artifacts without a manifest."""
-    for path in catalog.leftovers(app.repo, target):
-        log.warning("removing leftover of an interrupted run: %s", path)
-        path.unlink(missing_ok=True)
+def clean_leftovers(local: Catalog, target: str) -> None:
+    """Remove what dead runs left: temp files of dead processes and artifacts without
+    a manifest."""
+    for key in local.leftovers(target):
+        log.warning("removing leftover of an interrupted run: %s/%s", local.describe(), key)
+        local.store.delete(key)
 
 
-def start_time(app: App, target: str, tier: str) -> datetime:
+def start_time(app: App, local: Catalog, target: str) -> datetime:
     """Now, unless that would collide with or precede the newest backup of the target.
     Same second: wait for the next. Clock went backwards: refuse."""
-    newest = catalog.complete_backups(app.repo, target=target)
+    newest = local.backups(target)
     now = app.clock().replace(microsecond=0)
     if newest:
         last = newest[0].manifest.started.replace(microsecond=0)
@@ -81,18 +84,19 @@ def start_time(app: App, target: str, tier: str) -> datetime:
 
 
 def backup_target(app: App, target: Target, tier: str) -> Manifest:
-    clean_leftovers(app, target.name)
-    started = start_time(app, target.name, tier)
+    local = app.local(write=True)
+    clean_leftovers(local, target.name)
+    started = start_time(app, local, target.name)
     t0 = time.monotonic()
-    backup_id = catalog.backup_id(target.name, tier, started)
+    backup_id = make_id(target.name, tier, started)
     source = module(target.type)
     codec = app.codec
-    directory = catalog.make_private_dir(catalog.tier_dir(app.repo, target.name, tier))
     name = f"{backup_id}.{codec.extension(source.extension(target))}"
+    artifact = app.local_store().path(f"{target.name}/{tier}/{name}", create_dirs=True)
     compression, encryption = codec.describe()
     log.info("backup %s: starting (%s)", backup_id, target.type)
     with app.scratch(backup_id) as scratch, source.dump(target, scratch) as dump:
-        writer = ArtifactWriter(directory / name)
+        writer = ArtifactWriter(artifact)
         try:
             with codec.encoder() as encoders:
                 stages = [*dump.stages, *encoders]
@@ -142,11 +146,9 @@ def backup_target(app: App, target: Target, tier: str) -> Manifest:
         content=content,
     )
     try:
-        catalog.write_atomic(
-            directory / f"{backup_id}{catalog.MANIFEST_SUFFIX}", manifest.to_json()
-        )
+        local.write_manifest(manifest)
     except BaseException:
-        (directory / name).unlink(missing_ok=True)
+        artifact.unlink(missing_ok=True)
         raise
     log.info(
         "backup %s: done, %s in %.1fs, sha256 %s",
@@ -197,7 +199,7 @@ def run(
                 rows = prune_action.run(app, [target.name], tiers, dry_run=False)
                 result.pruned = [r.id for r in rows if not r.keep]
                 if use_offsite:
-                    sync.prune_remote(app, [target.name], tiers, dry_run=False)
+                    prune_action.run(app, [target.name], tiers, dry_run=False, remote=True)
         except PyopsError as exc:
             result.ok = False
             result.error = f"{exc} (the local backup {manifest.id} is kept)"

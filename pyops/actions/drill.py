@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyops import catalog
-from pyops.actions.verify import head
 from pyops.app import App
 from pyops.artifact import read_chunks
 from pyops.catalog import Backup
 from pyops.config import PostgresTarget, Target
 from pyops.errors import PyopsError, VerifyFailed
+from pyops.fsutil import make_private_dir
+from pyops.manifest import stamp as make_stamp
 from pyops.sources import compare_content, module
 from pyops.stream import Checksum
 
@@ -59,20 +59,16 @@ def latest(app: App, target: Target, remote: bool) -> tuple[Backup, float]:
 
         backup = sync.fetch(app, sync.find_remote(app, None, target.name), fresh=True)
         return backup, time.monotonic() - t0
-    backups = [
-        b
-        for b in catalog.complete_backups(app.repo, target=target.name)
-        if b.manifest.tier != "pre-restore"
-    ]
-    if not backups:
+    found = app.local().scan(target.name).latest(target.name)
+    if found is None:
         raise PyopsError(f"target {target.name}: no complete backup to drill")
-    return backups[0], 0.0
+    return found, 0.0
 
 
 def _scratch_place(app: App, target: Target, backup: Backup, stamp: str) -> str:
     if isinstance(target, PostgresTarget):
         return f"pyops_drill_{target.name.replace('-', '_')}_{stamp.lower()}"[:63]
-    base = catalog.make_private_dir(app.state / "drill")
+    base = make_private_dir(app.state / "drill")
     name = f"{backup.id}.{stamp}"
     return str(base / (f"{name}.sqlite3" if target.type == "sqlite" else name))
 
@@ -122,8 +118,8 @@ def drill_target(app: App, target: Target, remote: bool, keep: bool) -> DrillRes
         backup, result.fetch_s = latest(app, target, remote)
         result.backup, result.bytes = backup.id, backup.manifest.size
         if backup.manifest.encrypted:  # a host with only the public key: say so plainly
-            app.codec.probe_decrypt(head(backup), backup.id)
-        stamp = catalog.stamp(app.clock())
+            app.codec.probe_decrypt(app.local().head(backup, 1 << 16), backup.id)
+        stamp = make_stamp(app.clock())
         place = _scratch_place(app, target, backup, stamp)
         result.scratch = place
         source = module(target.type)
@@ -134,7 +130,7 @@ def drill_target(app: App, target: Target, remote: bool, keep: bool) -> DrillRes
             staged = source.restore(
                 target,
                 backup.manifest,
-                check.through(read_chunks(backup.artifact_path)),
+                check.through(app.local().chunks(backup)),
                 dec,
                 place,
                 stamp,

@@ -1,8 +1,11 @@
-"""pyops prune: apply retention to the local repository.
+"""pyops prune: apply retention to the repository or the bucket.
 
-A backup is deleted manifest first: from that moment it is no longer a backup
-(never listed or restored), and an interrupted delete leaves only a leftover
-artifact that the next run cleans up.
+The same code for both: the catalog lists what is usable, retention decides, the
+catalog deletes (manifest first: from that moment it is no longer a backup, and
+an interrupted delete leaves only a leftover artifact the next run cleans up).
+Only this repository's backups are counted or deleted: refused manifests and
+another repository's backups are reported and never touched. Remotely, an object
+still under object lock is skipped and reported, not an error.
 """
 
 from __future__ import annotations
@@ -10,11 +13,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from pyops import catalog, retention
+from pyops import retention
 from pyops.app import App
-from pyops.catalog import Backup
+from pyops.catalog import Backup, Catalog
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +30,7 @@ class PruneRow:
     tier: str
     keep: bool
     reason: str
+    locked_until: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -37,9 +42,18 @@ def policy(app: App) -> retention.Policy:
 
 
 def plan(
-    app: App, target: str, tiers: Sequence[str] | None
+    app: App, catalog: Catalog, target: str, tiers: Sequence[str] | None
 ) -> list[tuple[Backup, retention.Decision]]:
-    backups = {b.id: b for b in catalog.complete_backups(app.repo, target=target)}
+    listing = catalog.scan(target)
+    for refusal in listing.refused:
+        log.warning("prune: %s: %s: not counted, not deleted", refusal.key, refusal.reason)
+    if listing.foreign:
+        log.warning(
+            "prune: foreign backups under %s: not touched (%s)",
+            catalog.describe(),
+            ", ".join(r.key for r in listing.foreign),
+        )
+    backups = {b.id: b for b in listing.backups}
     items = [
         retention.Item(b.id, b.manifest.target, b.manifest.tier, b.manifest.started)
         for b in backups.values()
@@ -48,25 +62,44 @@ def plan(
     return [(backups[d.item.id], d) for d in decisions]
 
 
-def delete(backup: Backup) -> None:
-    backup.manifest_path.unlink()
-    catalog.fsync_dir(backup.directory)
-    backup.artifact_path.unlink(missing_ok=True)
+def _locked_until(catalog: Catalog, backup: Backup) -> datetime | None:
+    now = datetime.now(UTC)
+    locks = [
+        info.retain_until
+        for info in (
+            catalog.store.stat(backup.artifact_key),
+            catalog.store.stat(backup.manifest_key),
+        )
+        if info is not None and info.retain_until is not None and info.retain_until > now
+    ]
+    return max(locks) if locks else None
 
 
 def run(
-    app: App, targets: Sequence[str], tiers: Sequence[str] | None, dry_run: bool
+    app: App,
+    targets: Sequence[str],
+    tiers: Sequence[str] | None,
+    dry_run: bool,
+    remote: bool = False,
 ) -> list[PruneRow]:
+    catalog = app.remote(write=not dry_run) if remote else app.local(write=not dry_run)
+    where = "prune --remote" if remote else "prune"
     rows = []
     for target in targets:
-        for backup, decision in plan(app, target, tiers):
-            if not decision.keep:
-                if dry_run:
-                    log.info("prune %s: would delete (%s)", backup.id, decision.reason)
-                else:
-                    delete(backup)
-                    log.info("prune %s: deleted (%s)", backup.id, decision.reason)
-            rows.append(
-                PruneRow(backup.id, target, decision.item.tier, decision.keep, decision.reason)
-            )
+        for backup, decision in plan(app, catalog, target, tiers):
+            row = PruneRow(backup.id, target, decision.item.tier, decision.keep, decision.reason)
+            rows.append(row)
+            if decision.keep:
+                continue
+            until = _locked_until(catalog, backup) if remote else None
+            if until is not None:
+                row.keep = True
+                row.locked_until = until.isoformat()
+                row.reason += f"; object lock until {row.locked_until}: skipped"
+                log.warning("%s %s: locked until %s, skipped", where, backup.id, row.locked_until)
+            elif dry_run:
+                log.info("%s %s: would delete (%s)", where, backup.id, decision.reason)
+            else:
+                catalog.delete(backup)
+                log.info("%s %s: deleted (%s)", where, backup.id, decision.reason)
     return rows

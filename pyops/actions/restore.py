@@ -7,14 +7,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pyops import catalog
 from pyops.actions import backup as backup_action
-from pyops.actions.verify import head
 from pyops.app import App
-from pyops.artifact import read_chunks
 from pyops.catalog import Backup
-from pyops.config import Target
+from pyops.config import FilesTarget, Target
 from pyops.errors import Aborted, PyopsError
+from pyops.manifest import stamp as make_stamp
 from pyops.progress import human
 from pyops.sources import RestorePlan, module
 from pyops.stream import Checksum
@@ -45,14 +43,16 @@ class Prepared:
         return "\n".join(lines)
 
 
+HEAD = 1 << 16
+
+
 def choose(app: App, backup_id: str | None, latest: bool, target: str | None) -> Backup:
+    """The backup named by id (another repository's too, when named explicitly), or the
+    newest of this repository's."""
+    local = app.local()
     if backup_id:
-        return catalog.find(app.repo, backup_id)
-    backups = [
-        b
-        for b in catalog.complete_backups(app.repo, target=target)
-        if b.manifest.tier != "pre-restore"
-    ]
+        return local.find(backup_id, foreign_ok=True)
+    backups = [b for b in local.backups(target) if b.manifest.tier != "pre-restore"]
     if not backups:
         raise PyopsError(f"no complete backup{f' of {target}' if target else ''} to restore")
     targets = {b.manifest.target for b in backups}
@@ -61,15 +61,36 @@ def choose(app: App, backup_id: str | None, latest: bool, target: str | None) ->
     return backups[0]
 
 
+def recorded_paths_differ(target: FilesTarget, backup: Backup) -> str | None:
+    """An in-place files restore writes where the config says; a backup of other paths
+    would put them somewhere the preview and the safety backup did not cover."""
+    recorded = [str(p) for p in backup.manifest.source.get("paths", [])]
+    configured = [str(p) for p in target.paths]
+    if recorded == configured:
+        return None
+    return (
+        f"{backup.id} holds {', '.join(recorded) or 'no paths'}, but target {target.name} is "
+        f"configured with {', '.join(configured)}: refusing to restore in place. Restore it "
+        "with --into DIR and move what you need"
+    )
+
+
 def prepare(app: App, backup: Backup, into: str | None) -> Prepared:
     target = app.config.target(backup.manifest.target)
     if target.type != backup.manifest.type:
         raise PyopsError(f"{backup.id} is a {backup.manifest.type} backup; target is {target.type}")
-    if not backup.artifact_path.exists():
-        raise PyopsError(f"{backup.id}: artifact {backup.artifact_path} is missing")
+    if into is not None and not into.strip():
+        raise PyopsError("--into is empty (an unset shell variable?): nothing was changed")
+    if isinstance(target, FilesTarget) and not into:
+        problem = recorded_paths_differ(target, backup)
+        if problem:
+            raise PyopsError(problem)
+    local = app.local()
+    if local.store.stat(backup.artifact_key) is None:
+        raise PyopsError(f"{backup.id}: artifact {backup.artifact_key} is missing")
     plan = module(target.type).plan(target, into)
-    if backup.manifest.encrypted:
-        app.codec.probe_decrypt(head(backup), backup.id)  # wrong key: stop before anything
+    if backup.manifest.encrypted:  # wrong key: stop before anything
+        app.codec.probe_decrypt(local.head(backup, HEAD), backup.id)
     return Prepared(backup, target, plan)
 
 
@@ -88,7 +109,7 @@ def run(
         log.info("restore %s: taking a safety backup of the current state first", backup.id)
         safety = backup_action.backup_target(app, target, "pre-restore")
         log.info("restore %s: safety backup %s", backup.id, safety.id)
-    stamp = catalog.stamp(app.clock())
+    stamp = make_stamp(app.clock())
     manifest = backup.manifest
     source = module(target.type)
     with app.scratch(f"restore-{backup.id}") as scratch, app.codec.decoder(manifest) as decoders:
@@ -96,7 +117,7 @@ def run(
         staged = source.restore(
             target,
             manifest,
-            check.through(read_chunks(backup.artifact_path)),
+            check.through(app.local().chunks(backup)),
             decoders,
             into,
             stamp,

@@ -1,33 +1,26 @@
 """Offsite copies: upload complete local backups that the bucket lacks, check what is
-there against the manifests, fetch a backup back, prune the bucket.
+there against the manifests, fetch a backup back.
 
-Idempotent by key and checksum: a backup whose artifact object already carries
-the manifest's sha256 and size, and whose manifest object exists, is not sent
-again.
+Upload and fetch are the catalog's one copy (artifact checked by sha256, manifest
+last); idempotent by key and checksum.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pyops import catalog, retention
-from pyops.actions.prune import policy
+from pyops import catalog as cat
 from pyops.app import App
-from pyops.artifact import ArtifactWriter
-from pyops.catalog import Backup, Manifest
+from pyops.catalog import Backup, Catalog, Listing
 from pyops.errors import PyopsError
-from pyops.offsite import Offsite
+from pyops.fsutil import make_private_dir, write_atomic
+from pyops.manifest import ID_RE, Manifest, artifact_extension
 from pyops.progress import Progress, human
 
 log = logging.getLogger(__name__)
-
-
-def offsite(app: App) -> Offsite:
-    return Offsite(app.config.offsite, app.config.host)
 
 
 # --- which backups are offsite, as far as this host knows -----------------------
@@ -38,8 +31,8 @@ def _marker(app: App, backup_id: str) -> Path:
 
 
 def mark_offsite(app: App, manifest: Manifest) -> None:
-    catalog.make_private_dir(app.state / "offsite")
-    catalog.write_atomic(_marker(app, manifest.id), manifest.sha256.encode())
+    make_private_dir(app.state / "offsite")
+    write_atomic(_marker(app, manifest.id), manifest.sha256.encode())
 
 
 def known_offsite(app: App, manifest: Manifest) -> bool:
@@ -47,35 +40,39 @@ def known_offsite(app: App, manifest: Manifest) -> bool:
     return path.exists() and path.read_text().strip() == manifest.sha256
 
 
+def report(listing: Listing, where: str) -> None:
+    """Say what the catalog would not use: an operator must see a forged manifest."""
+    for refusal in listing.refused:
+        log.warning("%s: %s: %s: not used", where, refusal.key, refusal.reason)
+    if listing.foreign:
+        log.warning(
+            "foreign backups under %s: not touched (%s)",
+            where,
+            ", ".join(r.key for r in listing.foreign),
+        )
+
+
 # --- upload -------------------------------------------------------------------
 
 
-def upload(app: App, store: Offsite, backup: Backup) -> bool:
+def upload(app: App, local: Catalog, remote: Catalog, backup: Backup) -> bool:
     """Artifact first, then the manifest. Returns False when it was already there."""
     manifest = backup.manifest
-    key = store.artifact_key(manifest)
-    obj = store.head(key)
-    artifact_there = obj is not None and obj.size == manifest.size and obj.sha256 == manifest.sha256
-    manifest_there = artifact_there and store.head(store.manifest_key(manifest)) is not None
-    if manifest_there:
-        mark_offsite(app, manifest)
-        return False
-    if not artifact_there:
-        sent = [0]
+    sent = [0]
 
-        def progress(n: int) -> None:
-            sent[0] += n
+    def progress(n: int) -> None:
+        sent[0] += n
 
-        with Progress(
-            f"upload {manifest.artifact_name}", lambda: sent[0], manifest.size, app.interactive
-        ):
-            store.upload_file(
-                backup.artifact_path, key, manifest.sha256, progress, app.config.offsite.concurrency
-            )
-    store.put_small(store.manifest_key(manifest), backup.manifest_path.read_bytes())
+    with Progress(
+        f"upload {manifest.artifact_name}", lambda: sent[0], manifest.size, app.interactive
+    ):
+        copied = cat.copy(local, remote, backup, progress)
     mark_offsite(app, manifest)
-    log.info("offsite %s: uploaded %s to %s", manifest.id, human(manifest.size), key)
-    return True
+    if copied:
+        log.info(
+            "offsite %s: uploaded %s to %s", manifest.id, human(manifest.size), remote.describe()
+        )
+    return copied
 
 
 @dataclass
@@ -89,14 +86,26 @@ class SyncResult:
         return self.__dict__.copy()
 
 
+def ours(key: str) -> bool:
+    """A key pyops itself uploads: `<target>/<tier>/<id>.<ext>` or its manifest."""
+    parts = key.split("/")
+    if len(parts) != 3:
+        return False
+    stem = ".".join(parts[2].split(".")[:3])
+    return bool(ID_RE.match(stem)) and artifact_extension(stem, parts[2]) is not None
+
+
 def sync(app: App, targets: list[str]) -> SyncResult:
     """Upload every complete local backup of `targets` that the bucket lacks."""
-    store = offsite(app)
-    result = SyncResult(aborted_uploads=store.abort_stale_uploads())
+    local, remote = app.local(write=True), app.remote(write=True)
+    abort = getattr(remote.store, "abort_stale_uploads", None)
+    result = SyncResult(aborted_uploads=abort(ours) if abort else 0)
     for target in targets:
-        for backup in reversed(catalog.complete_backups(app.repo, target=target)):
+        listing = local.scan(target)
+        report(listing, local.describe())
+        for backup in reversed(listing.backups):
             try:
-                if upload(app, store, backup):
+                if upload(app, local, remote, backup):
                     result.uploaded.append(backup.id)
                 else:
                     result.present.append(backup.id)
@@ -104,6 +113,16 @@ def sync(app: App, targets: list[str]) -> SyncResult:
                 result.failed[backup.id] = str(exc)
                 log.error("offsite %s: upload failed: %s", backup.id, exc)
     return result
+
+
+def upload_after_backup(app: App, backup_id: str) -> None:
+    """Send the run's own backup, then anything else of the target still missing."""
+    local, remote = app.local(write=True), app.remote(write=True)
+    backup = local.find(backup_id)
+    upload(app, local, remote, backup)
+    for other in reversed(local.backups(backup.manifest.target)):
+        if other.id != backup_id and not known_offsite(app, other.manifest):
+            upload(app, local, remote, other)
 
 
 # --- reconciliation -------------------------------------------------------------
@@ -119,156 +138,99 @@ class Drift:
 
 
 def reconcile(app: App, targets: list[str]) -> list[Drift]:
-    """What the bucket holds versus the manifests, changing nothing."""
-    store = offsite(app)
+    """What the bucket holds versus the local manifests, changing nothing. The host
+    holding the true manifests notices a bucket that disagrees with them."""
+    local, remote = app.local(), app.remote()
     cfg = app.config.offsite
     drift: list[Drift] = []
-    remote = {m.id: m for m in store.manifests() if m.target in targets}
     for target in targets:
-        for backup in catalog.complete_backups(app.repo, target=target):
-            if backup.id not in remote:
-                drift.append(Drift(backup.id, "not offsite (run `pyops sync`)"))
-    for manifest in remote.values():
-        obj = store.head(store.artifact_key(manifest))
-        if obj is None:
-            drift.append(Drift(manifest.id, "manifest offsite but artifact object missing"))
-            continue
-        if obj.size != manifest.size:
-            drift.append(
-                Drift(manifest.id, f"object is {obj.size} bytes, manifest {manifest.size}")
-            )
-        if obj.sha256 != manifest.sha256:
-            drift.append(Drift(manifest.id, "object sha256 metadata differs from the manifest"))
-        if cfg.storage_class and obj.storage_class != cfg.storage_class:
-            drift.append(
-                Drift(manifest.id, f"storage class {obj.storage_class}, config {cfg.storage_class}")
-            )
-        if cfg.object_lock_days > 0 and obj.retain_until is None:
-            drift.append(Drift(manifest.id, "no object-lock retain-until date"))
+        mine = {b.id: b for b in local.backups(target)}
+        there = remote.scan(target)
+        drift += [Drift(r.key, f"refused: {r.reason}") for r in there.refused]
+        drift += [Drift(r.key, f"foreign: {r.reason}; not touched") for r in there.foreign]
+        theirs = {b.id: b for b in there.backups}
+        for backup_id in mine:
+            if backup_id not in theirs:
+                drift.append(Drift(backup_id, "not offsite (run `pyops sync`)"))
+        for backup in theirs.values():
+            m = backup.manifest
+            twin = mine.get(backup.id)
+            if twin is not None and twin.manifest.canonical() != m.canonical():
+                drift.append(Drift(m.id, "the bucket's manifest differs from the local one"))
+            obj = remote.store.stat(backup.artifact_key)
+            if obj is None:
+                drift.append(Drift(m.id, "manifest offsite but artifact object missing"))
+                continue
+            if obj.size != m.size:
+                drift.append(Drift(m.id, f"object is {obj.size} bytes, manifest {m.size}"))
+            if obj.sha256 != m.sha256:
+                drift.append(Drift(m.id, "object sha256 metadata differs from the manifest"))
+            if cfg.storage_class and obj.storage_class != cfg.storage_class:
+                drift.append(
+                    Drift(m.id, f"storage class {obj.storage_class}, config {cfg.storage_class}")
+                )
+            if cfg.object_lock_days > 0 and obj.retain_until is None:
+                drift.append(Drift(m.id, "no object-lock retain-until date"))
     return drift
+
+
+def disagreement(app: App, backup: Backup) -> str | None:
+    """How a remote manifest differs from this host's own copy of it, if it has one."""
+    try:
+        twin = app.local().find(backup.id)
+    except PyopsError:
+        return None
+    if twin.manifest.canonical() != backup.manifest.canonical():
+        return "the bucket's manifest differs from this host's local one"
+    return None
 
 
 # --- fetch back -----------------------------------------------------------------
 
 
-def find_remote(app: App, backup_id: str | None, target: str | None) -> Manifest:
-    store = offsite(app)
-    remote = store.manifests()  # one listing plus one GET per manifest: fetch it once
+def find_remote(app: App, backup_id: str | None, target: str | None) -> Backup:
+    """A backup in the bucket: the one named (another repository's too, when named
+    explicitly), or the newest of this repository's, never a pre-restore one."""
+    remote = app.remote()
     if backup_id:
-        manifests = [m for m in remote if m.id == backup_id]
-    else:
-        manifests = [m for m in remote if m.tier != "pre-restore"]
-        if target:
-            manifests = [m for m in manifests if m.target == target]
-    if not manifests:
-        what = backup_id or (f"backup of {target}" if target else "backup")
-        raise PyopsError(f"no complete {what} in {store.describe()}")
-    if not backup_id and len({m.target for m in manifests}) > 1:
+        return remote.find(backup_id, foreign_ok=True)
+    listing = remote.scan(target)
+    report(listing, remote.describe())
+    found = [b for b in listing.backups if b.manifest.tier != "pre-restore"]
+    if not found:
+        what = f"backup of {target}" if target else "backup"
+        raise PyopsError(f"no complete {what} in {remote.describe()}")
+    if len({b.manifest.target for b in found}) > 1:
         raise PyopsError("--latest --remote needs --target (the bucket holds several targets)")
-    return manifests[0]
+    return found[0]
 
 
-def fetch(app: App, manifest: Manifest, fresh: bool = False) -> Backup:
-    """Download a remote backup into the local repository (temp name, sha256 checked in
-    the stream, rename, manifest last): from then on it is an ordinary local backup.
-    An identical local copy is used instead, unless `fresh` (a drill must read the
-    bucket's bytes)."""
-    store = offsite(app)
-    directory = catalog.make_private_dir(catalog.tier_dir(app.repo, manifest.target, manifest.tier))
-    local = Backup(manifest, directory)
-    if not fresh and local.manifest_path.exists() and local.artifact_path.exists():
-        existing = catalog.find(app.repo, manifest.id)
-        if existing.manifest.sha256 == manifest.sha256:
-            log.info("fetch %s: a local copy exists; using it", manifest.id)
+def fetch(app: App, backup: Backup, fresh: bool = False) -> Backup:
+    """Download a remote backup into the local repository (sha256 checked in the
+    stream, manifest last): from then on it is an ordinary local backup. An identical
+    local copy is used instead, unless `fresh` (a drill must read the bucket's bytes)."""
+    local = app.local(write=True)
+    m = backup.manifest
+    if not fresh:
+        try:
+            existing = local.find(m.id, foreign_ok=True)
+        except PyopsError:
+            existing = None
+        if existing is not None and existing.manifest.sha256 == m.sha256:
+            log.info("fetch %s: a local copy exists; using it", m.id)
             return existing
-    writer = ArtifactWriter(local.artifact_path)
-    try:
-        with Progress(
-            f"download {manifest.artifact_name}",
-            lambda: writer.bytes,
-            manifest.size,
-            app.interactive,
-        ):
-            for chunk in store.stream(store.artifact_key(manifest)):
-                writer.write(chunk)
-        if writer.bytes != manifest.size or writer.hash.hexdigest() != manifest.sha256:
+    got = [0]
+
+    def progress(n: int) -> None:
+        got[0] += n
+
+    with Progress(f"download {m.artifact_name}", lambda: got[0], m.size, app.interactive):
+        try:
+            cat.copy(app.remote(), local, backup, progress, fresh=True)
+        except PyopsError as exc:
             raise PyopsError(
-                f"{manifest.id}: the object in the bucket does not match its manifest "
-                f"({writer.bytes} bytes, sha256 {writer.hash.hexdigest()[:16]}...): not restoring"
-            )
-        writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
-    catalog.write_atomic(local.manifest_path, manifest.to_json())
-    log.info("fetch %s: downloaded %s, sha256 ok", manifest.id, human(manifest.size))
-    return local
-
-
-# --- remote prune ---------------------------------------------------------------
-
-
-@dataclass
-class RemotePruneRow:
-    id: str
-    target: str
-    tier: str
-    keep: bool
-    reason: str
-    locked_until: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return self.__dict__.copy()
-
-
-def prune_remote(
-    app: App, targets: list[str], tiers: list[str] | None, dry_run: bool
-) -> list[RemotePruneRow]:
-    """The local rules applied to the bucket. An object still under object lock is
-    skipped and reported, not an error."""
-    store = offsite(app)
-    for drift in reconcile(app, targets):
-        log.warning("offsite drift: %s: %s", drift.id, drift.problem)
-    manifests = [m for m in store.manifests() if m.target in targets]
-    items = [retention.Item(m.id, m.target, m.tier, m.started) for m in manifests]
-    by_id = {m.id: m for m in manifests}
-    now = datetime.now(UTC)
-    rows = []
-    for decision in retention.apply(items, policy(app), app.clock(), tiers):
-        m = by_id[decision.item.id]
-        row = RemotePruneRow(m.id, m.target, m.tier, decision.keep, decision.reason)
-        if not decision.keep:
-            locks = [
-                o.retain_until
-                for o in (store.head(store.artifact_key(m)), store.head(store.manifest_key(m)))
-                if o is not None and o.retain_until is not None and o.retain_until > now
-            ]
-            if locks:
-                row.keep = True
-                row.locked_until = max(locks).isoformat()
-                row.reason += f"; object lock until {row.locked_until}: skipped"
-                log.warning("prune --remote %s: locked until %s, skipped", m.id, row.locked_until)
-            elif not dry_run:
-                store.delete(store.manifest_key(m))
-                store.delete(store.artifact_key(m))
-                log.info("prune --remote %s: deleted (%s)", m.id, decision.reason)
-        rows.append(row)
-    return rows
-
-
-def remote_manifests(app: App, target: str | None, tier: str | None) -> list[Manifest]:
-    return [
-        m
-        for m in offsite(app).manifests()
-        if (not target or m.target == target) and (not tier or m.tier == tier)
-    ]
-
-
-def upload_after_backup(app: App, backup_id: str) -> None:
-    """Send the run's own backup, then anything else of the target still missing."""
-    backup = catalog.find(app.repo, backup_id)
-    store = offsite(app)
-    upload(app, store, backup)
-    for other in reversed(catalog.complete_backups(app.repo, target=backup.manifest.target)):
-        if other.id != backup_id and not known_offsite(app, other.manifest):
-            upload(app, store, other)
+                f"{m.id}: the object in the bucket does not match its manifest ({exc}): "
+                "not restoring"
+            ) from None
+    log.info("fetch %s: downloaded %s, sha256 ok", m.id, human(m.size))
+    return local.find(m.id, foreign_ok=True)

@@ -1,20 +1,21 @@
 """pyops verify: checksums against the manifest; --deep decodes the whole stream and
-checks its structure and content facts. Local files or, with --remote, the objects
-in the bucket (streamed, never written)."""
+checks its structure and content facts. The same code for the repository and, with
+--remote, the bucket (objects streamed, never written): the catalog says which
+backups there are, and a manifest it refuses is a failed result, named."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pyops import catalog
 from pyops.app import App
-from pyops.artifact import read_chunks
-from pyops.catalog import Backup, Manifest
+from pyops.catalog import Backup, Catalog
 from pyops.errors import PyopsError, StageFailed, VerifyFailed
+from pyops.manifest import Manifest
 from pyops.sources import module
+from pyops.storage import NotFound
 from pyops.stream import Checksum
 
 log = logging.getLogger(__name__)
@@ -28,57 +29,35 @@ class VerifyResult:
     deep: bool
     remote: bool = False
     error: str | None = None
+    authenticated: bool = False
+    warnings: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return self.__dict__.copy()
-
-
-def pick(manifests: list[Manifest], ids: tuple[str, ...], all_: bool) -> list[Manifest]:
-    """IDs, every one, or (the default) the newest of each target. Input newest first."""
-    if ids:
-        by_id = {m.id: m for m in manifests}
-        missing = [i for i in ids if i not in by_id]
-        if missing:
-            raise PyopsError(f"no complete backup {', '.join(missing)} (see `pyops list`)")
-        return [by_id[i] for i in ids]
-    if all_:
-        return manifests
-    newest: dict[str, Manifest] = {}
-    for m in manifests:
-        newest.setdefault(m.target, m)
-    return list(newest.values())
+        out = self.__dict__.copy()
+        out["warnings"] = list(self.warnings)
+        return out
 
 
 def select(
-    app: App, ids: tuple[str, ...], latest: bool, all_: bool, target: str | None
-) -> list[Backup]:
+    catalog: Catalog, ids: tuple[str, ...], all_: bool, target: str | None, deep: bool, remote: bool
+) -> tuple[list[Backup], list[VerifyResult]]:
+    """IDs, every one, or (the default) the newest of each target; and a failed result
+    for each manifest the catalog refused among those considered."""
     if ids:
-        return [catalog.find(app.repo, i) for i in ids]
-    backups = catalog.complete_backups(app.repo, target=target)
-    chosen = {m.id for m in pick([b.manifest for b in backups], (), all_)}
-    return [b for b in backups if b.id in chosen]
-
-
-def head(backup: Backup) -> bytes:
-    with open(backup.artifact_path, "rb") as f:
-        return f.read(HEAD)
-
-
-def _local_chunks(app: App, manifest: Manifest) -> Iterator[bytes]:
-    backup = catalog.find(app.repo, manifest.id)
-    if not backup.artifact_path.exists():
-        raise VerifyFailed(f"{manifest.id}: artifact {backup.artifact_path.name} is missing")
-    return read_chunks(backup.artifact_path)
-
-
-def _remote_chunks(app: App, manifest: Manifest) -> Iterator[bytes]:
-    from pyops.actions.sync import offsite
-
-    store = offsite(app)
-    key = store.artifact_key(manifest)
-    if store.head(key) is None:
-        raise VerifyFailed(f"{manifest.id}: object {key} is missing from the bucket")
-    return store.stream(key)
+        return [catalog.find(i, foreign_ok=True) for i in ids], []
+    listing = catalog.scan(target)
+    refused = [
+        VerifyResult(r.key, False, deep, remote, f"manifest refused: {r.reason}")
+        for r in listing.refused
+    ]
+    for r in listing.foreign:
+        log.warning("verify: %s: foreign (%s): not verified", r.key, r.reason)
+    if all_:
+        return listing.backups, refused
+    newest: dict[str, Backup] = {}
+    for b in listing.backups:
+        newest.setdefault(b.manifest.target, b)
+    return list(newest.values()), refused
 
 
 def checksum(manifest: Manifest, chunks: Iterable[bytes]) -> None:
@@ -99,31 +78,50 @@ def deep(app: App, manifest: Manifest, chunks: Iterable[bytes]) -> None:
         check.check()
 
 
-def verify_one(app: App, manifest: Manifest, deep_: bool, remote: bool) -> VerifyResult:
-    source = _remote_chunks if remote else _local_chunks
+def verify_one(
+    app: App, catalog: Catalog, backup: Backup, deep_: bool, remote: bool
+) -> VerifyResult:
+    manifest = backup.manifest
+    result = VerifyResult(
+        manifest.id,
+        False,
+        deep_,
+        remote,
+        authenticated=backup.authenticated,
+        warnings=tuple(manifest.warnings),
+    )
     try:
-        if remote and deep_:
-            if manifest.encrypted:
-                from pyops.actions.sync import offsite
+        if remote:
+            from pyops.actions.sync import disagreement
 
-                store = offsite(app)
-                head_ = store.first_bytes(store.artifact_key(manifest), HEAD)
-                app.codec.probe_decrypt(head_, manifest.id)
-            deep(app, manifest, source(app, manifest))  # one pass over the network
+            problem = disagreement(app, backup)
+            if problem:
+                raise VerifyFailed(f"{manifest.id}: {problem}")
+        if catalog.store.stat(backup.artifact_key) is None:
+            raise VerifyFailed(f"{manifest.id}: artifact {backup.artifact_key} is missing")
+        if deep_ and manifest.encrypted:  # the key opens it: say so before a long read
+            app.codec.probe_decrypt(catalog.head(backup, HEAD), manifest.id)
+        if deep_ and remote:
+            deep(app, manifest, catalog.chunks(backup))  # one pass over the network
         else:
-            checksum(manifest, source(app, manifest))
+            checksum(manifest, catalog.chunks(backup))
             if deep_:
-                if manifest.encrypted:
-                    app.codec.probe_decrypt(head(catalog.find(app.repo, manifest.id)), manifest.id)
-                deep(app, manifest, source(app, manifest))
+                deep(app, manifest, catalog.chunks(backup))
+    except NotFound as exc:
+        result.error = f"{manifest.id}: {exc}"
     except PyopsError as exc:
-        log.error("verify %s: FAILED: %s", manifest.id, exc)
-        return VerifyResult(manifest.id, False, deep_, remote, str(exc))
+        result.error = str(exc)
+    if result.error:
+        log.error("verify %s: FAILED: %s", manifest.id, result.error)
+        return result
+    result.ok = True
     log.info("verify %s: ok%s%s", manifest.id, " (deep)" if deep_ else "", " (remote)" * remote)
-    return VerifyResult(manifest.id, True, deep_, remote)
+    return result
 
 
-def run(app: App, manifests: list[Manifest], deep_: bool, remote: bool) -> list[VerifyResult]:
-    if not manifests:
+def run(
+    app: App, catalog: Catalog, backups: list[Backup], deep_: bool, remote: bool
+) -> list[VerifyResult]:
+    if not backups:
         raise PyopsError("no complete backups to verify (see `pyops list`)")
-    return [verify_one(app, m, deep_, remote) for m in manifests]
+    return [verify_one(app, catalog, b, deep_, remote) for b in backups]

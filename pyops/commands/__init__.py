@@ -38,14 +38,23 @@ class Ctx:
     def path(self) -> Path:
         return config.find_config(self.config_path)
 
-    def app(self) -> App:
+    def app(self, allow_unauthenticated: bool = False) -> App:
         if self._app is None:
-            self._app = App(config.load(self.path))
+            from pyops import permissions
+
+            loaded = config.load(self.path)
+            permissions.enforce(loaded)
+            self._app = App(loaded, allow_unauthenticated=allow_unauthenticated)
             self._app.hide_secrets_from_children()
         return self._app
 
 
 pass_ctx = click.make_pass_decorator(Ctx)
+ALLOW_UNAUTHENTICATED = click.option(
+    "--allow-unauthenticated",
+    is_flag=True,
+    help="use manifests the repository key cannot authenticate (the key is lost): loudly",
+)
 
 
 def emit(fmt: str, data: Any, text: Callable[[], str]) -> None:

@@ -10,15 +10,24 @@ from typing import Any
 
 import click
 
-from pyops import catalog, metrics, notify, runlog
+from pyops import metrics, notify, runlog
 from pyops.actions import backup as backup_action
 from pyops.actions import drill as drill_action
 from pyops.actions import prune as prune_action
 from pyops.actions import restore as restore_action
 from pyops.actions import sync as sync_action
 from pyops.actions import verify as verify_action
-from pyops.commands import FORMAT, Ctx, emit, emit_results, pass_ctx, recorded
+from pyops.commands import (
+    ALLOW_UNAUTHENTICATED,
+    FORMAT,
+    Ctx,
+    emit,
+    emit_results,
+    pass_ctx,
+    recorded,
+)
 from pyops.errors import EXIT_FAILED, PyopsError
+from pyops.manifest import TIERS
 from pyops.progress import human
 
 # --- backup / list / verify / restore / history ---------------------------------
@@ -87,46 +96,62 @@ def _age(started: datetime) -> str:
 
 @click.command("list")
 @click.option("--target", metavar="NAME")
-@click.option("--tier", type=click.Choice(list(catalog.TIERS)))
+@click.option("--tier", type=click.Choice(list(TIERS)))
 @click.option("--remote", is_flag=True, help="list what the [offsite] bucket holds")
+@ALLOW_UNAUTHENTICATED
 @FORMAT
 @pass_ctx
-def list_(ctx: Ctx, target: str | None, tier: str | None, remote: bool, fmt: str) -> None:
-    """Complete backups, newest first."""
-    app = ctx.app()
-    if remote:
-        manifests = sync_action.remote_manifests(app, target, tier)
-        offsite = dict.fromkeys((m.id for m in manifests), True)
-    else:
-        manifests = [b.manifest for b in catalog.complete_backups(app.repo, target, tier)]
-        offsite = {m.id: sync_action.known_offsite(app, m) for m in manifests}
+def list_(
+    ctx: Ctx,
+    target: str | None,
+    tier: str | None,
+    remote: bool,
+    allow_unauthenticated: bool,
+    fmt: str,
+) -> None:
+    """Complete backups, newest first; then any manifest pyops refuses to use, and why."""
+    app = ctx.app(allow_unauthenticated)
+    listing = (app.remote() if remote else app.local()).scan(target, tier)
     rows: list[dict[str, Any]] = [
         {
-            "id": m.id,
-            "target": m.target,
-            "tier": m.tier,
-            "time": m.started_at,
-            "size": m.size,
-            "encrypted": m.encrypted,
-            "offsite": offsite[m.id],
+            "id": b.id,
+            "target": b.manifest.target,
+            "tier": b.manifest.tier,
+            "time": b.manifest.started_at,
+            "size": b.manifest.size,
+            "encrypted": b.manifest.encrypted,
+            "offsite": remote or sync_action.known_offsite(app, b.manifest),
+            "authenticated": b.authenticated,
+            "warnings": b.manifest.warnings,
         }
-        for m in manifests
+        for b in listing.backups
     ]
+    refused = [r.as_dict() for r in listing.refused]
+    foreign = [r.as_dict() for r in listing.foreign]
 
     def text() -> str:
+        out = []
         if not rows:
-            return "no complete backups"
-        width = max(len(r["id"]) for r in rows)
-        out = [f"{'ID':<{width}}  {'TIER':<11} {'TIME (UTC)':<20} {'SIZE':>10}  ENCRYPTED OFFSITE"]
-        for r in rows:
-            when = datetime.fromisoformat(r["time"]).strftime("%Y-%m-%d %H:%M:%S")
+            out.append("no complete backups")
+        else:
+            width = max(len(r["id"]) for r in rows)
             out.append(
-                f"{r['id']:<{width}}  {r['tier']:<11} {when:<20} {human(r['size']):>10}  "
-                f"{'yes' if r['encrypted'] else 'no':<9} {'yes' if r['offsite'] else 'no'}"
+                f"{'ID':<{width}}  {'TIER':<11} {'TIME (UTC)':<20} {'SIZE':>10}  "
+                "ENCRYPTED OFFSITE AUTHENTICATED"
             )
+            for r in rows:
+                when = datetime.fromisoformat(r["time"]).strftime("%Y-%m-%d %H:%M:%S")
+                out.append(
+                    f"{r['id']:<{width}}  {r['tier']:<11} {when:<20} {human(r['size']):>10}  "
+                    f"{'yes' if r['encrypted'] else 'no':<9} {'yes' if r['offsite'] else 'no':<7} "
+                    f"{'yes' if r['authenticated'] else 'NO'}"
+                    + (f"  {len(r['warnings'])} warning(s)" if r["warnings"] else "")
+                )
+        out += [f"REFUSED {r['key']}: {r['reason']}" for r in refused]
+        out += [f"FOREIGN {r['key']}: {r['reason']}; not touched" for r in foreign]
         return "\n".join(out)
 
-    emit(fmt, {"backups": rows}, text)
+    emit(fmt, {"backups": rows, "refused": refused, "foreign": foreign}, text)
 
 
 @click.command()
@@ -140,6 +165,7 @@ def list_(ctx: Ctx, target: str | None, tier: str | None, remote: bool, fmt: str
     help="also decrypt and decompress everything and check its structure and content",
 )
 @click.option("--remote", is_flag=True, help="verify the copies in the [offsite] bucket")
+@ALLOW_UNAUTHENTICATED
 @FORMAT
 @pass_ctx
 def verify(
@@ -150,21 +176,26 @@ def verify(
     target: str | None,
     deep: bool,
     remote: bool,
+    allow_unauthenticated: bool,
     fmt: str,
 ) -> None:
-    """Check backups against their manifests (default: the newest of each target)."""
+    """Check backups against their manifests (default: the newest of each target).
+
+    A manifest pyops refuses (malformed, misplaced, forged) is a failed result."""
     if sum(map(bool, (ids, latest, all_))) > 1:
         raise click.UsageError("give IDs, --latest or --all, not several")
-    app = ctx.app()
-    if remote:
-        manifests = verify_action.pick(sync_action.remote_manifests(app, target, None), ids, all_)
-    else:
-        manifests = [b.manifest for b in verify_action.select(app, ids, latest, all_, target)]
+    app = ctx.app(allow_unauthenticated)
+    catalog = app.remote() if remote else app.local()
+    backups, refused = verify_action.select(catalog, ids, all_, target, deep, remote)
+    if not backups and not refused:
+        raise PyopsError("no complete backups to verify (see `pyops list`)")
     with (
         app.lock("verify"),
-        recorded(app, "verify", sorted({m.target for m in manifests})) as rec,
+        recorded(app, "verify", sorted({b.manifest.target for b in backups})) as rec,
     ):
-        results = verify_action.run(app, manifests, deep, remote)
+        results = refused + [
+            verify_action.verify_one(app, catalog, b, deep, remote) for b in backups
+        ]
         metrics.record_run(app, "verify", [r.as_dict() for r in results])
         rec["verified"] = [r.as_dict() for r in results]
         if not all(r.ok for r in results):
@@ -173,7 +204,12 @@ def verify(
         fmt,
         "results",
         results,
-        lambda r: f"{r.id}: ok" + (" (deep)" if r.deep else ""),
+        lambda r: (
+            f"{r.id}: ok"
+            + (" (deep)" if r.deep else "")
+            + ("" if r.authenticated else " (manifest unauthenticated)")
+            + "".join(f"\n  warning: {w}" for w in r.warnings)
+        ),
         lambda r: f"{r.id}: FAILED: {r.error}",
     )
 
@@ -193,6 +229,7 @@ def verify(
     show_default=True,
     help="parallel pg_restore (via a private decrypted scratch file)",
 )
+@ALLOW_UNAUTHENTICATED
 @pass_ctx
 def restore(
     ctx: Ctx,
@@ -204,11 +241,14 @@ def restore(
     no_safety_backup: bool,
     remote: bool,
     jobs: int,
+    allow_unauthenticated: bool,
 ) -> None:
     """Restore a backup: preview, confirm, safety backup, restore beside, check, swap."""
     if bool(backup_id) == bool(latest):
         raise click.UsageError("give a backup ID or --latest")
-    app = ctx.app()
+    if into is not None and not into.strip():
+        raise click.BadParameter("is empty (an unset shell variable?)", param_hint="--into")
+    app = ctx.app(allow_unauthenticated)
     if target:
         app.config.target(target)
     with app.lock("restore"), recorded(app, "restore", [target or ""]) as rec:
@@ -245,7 +285,7 @@ def restore(
 
 @click.command()
 @click.option("--target", "targets", multiple=True, metavar="NAME")
-@click.option("--tier", type=click.Choice(list(catalog.TIERS)), help="only this tier")
+@click.option("--tier", type=click.Choice(list(TIERS)), help="only this tier")
 @click.option("--dry-run", is_flag=True, help="show what would be deleted; delete nothing")
 @click.option("--remote", is_flag=True, help="prune the [offsite] bucket instead")
 @FORMAT
@@ -261,10 +301,8 @@ def prune(
     names = [t.name for t in app.config.select(targets)]
     tiers = [tier] if tier else None
     with app.lock("prune"), recorded(app, "prune", names) as rec:
-        rows: Sequence[prune_action.PruneRow | sync_action.RemotePruneRow] = (
-            sync_action.prune_remote(app, names, tiers, dry_run)
-            if remote
-            else prune_action.run(app, names, tiers, dry_run)
+        rows: Sequence[prune_action.PruneRow] = prune_action.run(
+            app, names, tiers, dry_run, remote=remote
         )
         rec["deleted"] = [r.id for r in rows if not r.keep and not dry_run]
     verb = "would delete" if dry_run else "deleted"
@@ -325,12 +363,20 @@ def sync(ctx: Ctx, targets: tuple[str, ...], check: bool, fmt: str) -> None:
 @click.option("--target", "targets", multiple=True, metavar="NAME")
 @click.option("--remote", is_flag=True, help="fetch each backup from the [offsite] bucket")
 @click.option("--keep", is_flag=True, help="keep the scratch database / directory")
+@ALLOW_UNAUTHENTICATED
 @FORMAT
 @pass_ctx
-def drill(ctx: Ctx, targets: tuple[str, ...], remote: bool, keep: bool, fmt: str) -> None:
+def drill(
+    ctx: Ctx,
+    targets: tuple[str, ...],
+    remote: bool,
+    keep: bool,
+    allow_unauthenticated: bool,
+    fmt: str,
+) -> None:
     """Disaster-recovery drill: restore each target's latest backup into scratch, compare
     with the manifest, report the time to recover (RTO). Never touches live data."""
-    app = ctx.app()
+    app = ctx.app(allow_unauthenticated)
     selected = app.config.select(targets)
     with app.lock("drill"), recorded(app, "drill", [t.name for t in selected]) as rec:
         results = drill_action.run(app, selected, remote, keep)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -9,9 +10,13 @@ from typing import Any
 
 import click
 
-from pyops import catalog, config
+from pyops import config
+from pyops.app import App
+from pyops.catalog import Catalog
 from pyops.commands import FORMAT, Ctx, emit, pass_ctx
-from pyops.errors import PyopsError
+from pyops.errors import ConfigError, PyopsError
+from pyops.fsutil import make_private_dir
+from pyops.identity import create_key
 from pyops.starter import starter_config
 
 # --- init / config ---------------------------------------------------------------
@@ -24,9 +29,16 @@ from pyops.starter import starter_config
     type=click.Path(path_type=Path),
     help="repository directory for a new config (default /var/backups/pyops)",
 )
+@click.option(
+    "--new-key",
+    is_flag=True,
+    help="create the missing repository.key_file of an existing config, and sign the "
+    "repository's older (unauthenticated) manifests after checking their artifacts",
+)
 @pass_ctx
-def init(ctx: Ctx, repo_path: Path | None) -> None:
-    """Write a commented starter config (0600) and create the repository (0700)."""
+def init(ctx: Ctx, repo_path: Path | None, new_key: bool) -> None:
+    """Write a commented starter config (0600), create the repository (0700), its
+    key (0600) and its identity."""
     path = ctx.path
     if path.exists():
         cfg = config.load(path)
@@ -37,14 +49,77 @@ def init(ctx: Ctx, repo_path: Path | None) -> None:
         click.echo(f"{path} exists; left as it is")
     else:
         repo = (repo_path or Path("/var/backups/pyops")).absolute()
+        key = path.absolute().parent / "repository.key"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write(starter_config(repo))
+            f.write(starter_config(repo, key))
         click.echo(f"wrote {path} (0600): add your targets, then `pyops config check`")
         cfg = config.load(path)
-    catalog.make_private_dir(cfg.repository.path)
+        new_key = True
+    make_private_dir(cfg.repository.path)
     os.chmod(cfg.repository.path, 0o700)
-    click.echo(f"repository {cfg.repository.path} ready (0700)")
+    key_file = cfg.repository.key_file
+    if key_file is None:
+        click.echo(
+            "warning: no repository.key_file: manifests are unauthenticated. Add "
+            'key_file = "/etc/pyops/repository.key" to [repository], then run '
+            "`pyops init --new-key`",
+            err=True,
+        )
+    elif not key_file.exists():
+        if not new_key:
+            raise ConfigError(
+                "repository.key_file",
+                f"{key_file} does not exist. Restore it from your key custody (a new key "
+                "cannot authenticate existing backups); if this repository never had a key, "
+                "run `pyops init --new-key`",
+            )
+        create_key(key_file)
+        click.echo(f"created repository key {key_file} (0600): keep a copy with the gpg key")
+    app = ctx.app()
+    with app.lock("init"):
+        identity = app.identity(create=True)
+        assert identity is not None
+        if new_key and app.key:
+            signed = adopt_unauthenticated(app)
+            if signed:
+                click.echo(f"signed {signed} older manifests whose artifacts check out")
+    click.echo(f"repository {cfg.repository.path} ready (0700), id {identity.repository_id}")
+
+
+def adopt_unauthenticated(app: App) -> int:
+    """Seal what the repository held before it had a key: the identity, and each
+    manifest without a MAC whose artifact still has the manifest's sha256. Whoever
+    runs this with the key vouches for the repository as it is now."""
+    from pyops.identity import IDENTITY_KEY
+
+    identity = app.identity()
+    store = app.local_store()
+    if identity is not None and not identity.mac and app.key:
+        store.put_bytes(IDENTITY_KEY, identity.sealed(app.key).to_json())
+    lenient = Catalog(
+        store,
+        repository_id=identity.repository_id if identity else None,
+        key=app.key,
+        allow_unauthenticated=True,
+    )
+    signed = 0
+    for backup in lenient.backups():
+        if backup.authenticated or backup.manifest.mac:
+            continue
+        digest = hashlib.sha256()
+        try:
+            for chunk in lenient.chunks(backup):
+                digest.update(chunk)
+        except PyopsError as exc:
+            click.echo(f"not signed: {backup.id}: {exc}", err=True)
+            continue
+        if digest.hexdigest() != backup.manifest.sha256:
+            click.echo(f"not signed: {backup.id}: its artifact does not match", err=True)
+            continue
+        lenient.write_manifest(backup.manifest)
+        signed += 1
+    return signed
 
 
 @click.group("config")
@@ -56,7 +131,19 @@ def config_group() -> None:
 @pass_ctx
 def config_check(ctx: Ctx) -> None:
     """Validate the config; exit 2 naming the first bad key."""
+    from pyops import permissions
+
     app = ctx.app()
+    for problem in permissions.unsafe_paths(app.config):
+        click.echo(f"warning: unsafe permissions: {problem}", err=True)
+    if app.config.repository.key_file is None:
+        click.echo(
+            "warning: manifests are unauthenticated: set repository.key_file and run "
+            "`pyops init --new-key`",
+            err=True,
+        )
+    else:
+        app.key  # noqa: B018 - a missing or malformed key file is exit 2, naming it
     click.echo(f"{ctx.path}: ok ({len(app.config.targets)} targets)")
 
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import statistics
 from datetime import datetime
 
-from pyops import catalog, runlog
-from pyops.catalog import Manifest
+from pyops import runlog
 from pyops.errors import PyopsError
 from pyops.health.context import Context
 from pyops.health.result import Part, Result, Status, combine
+from pyops.manifest import Manifest
 
 TIER_ORDER = ("daily", "weekly", "monthly")
 
@@ -81,15 +81,13 @@ def freshness(ctx: Context, manifests: list[Manifest], where: str) -> list[Part]
 
 
 def backup_freshness(ctx: Context) -> Result:
-    manifests = [b.manifest for b in catalog.complete_backups(ctx.app.repo)]
+    manifests = [b.manifest for b in ctx.app.local().backups()]
     return combine("backup_freshness", freshness(ctx, manifests, "local"))
 
 
 def offsite_freshness(ctx: Context) -> Result:
-    from pyops.actions.sync import remote_manifests
-
     try:
-        manifests = remote_manifests(ctx.app, None, None)
+        manifests = [b.manifest for b in ctx.app.remote().backups()]
     except PyopsError as exc:
         return Result("offsite_freshness", "unknown", f"cannot list the bucket: {exc}")
     return combine("offsite_freshness", freshness(ctx, manifests, "offsite"))
@@ -102,7 +100,7 @@ def backup_size(ctx: Context) -> Result:
     parts: list[Part] = []
     for target in ctx.app.config.targets:
         for tier in TIER_ORDER:
-            backups = catalog.complete_backups(ctx.app.repo, target.name, tier)
+            backups = ctx.app.local().backups(target.name, tier)
             if not backups:
                 continue
             newest, previous = backups[0].manifest, [b.manifest.size for b in backups[1:]]
@@ -161,3 +159,39 @@ def drill_freshness(ctx: Context) -> Result:
         else:
             parts.append(Part("ok", f"{target.name} drilled {days:.1f} days ago", metrics))
     return combine("drill_freshness", parts)
+
+
+def manifests(ctx: Context) -> Result:
+    """Every manifest in the repository is usable: a refused one (malformed, misplaced,
+    forged) is critical and named; unauthenticated manifests (no repository key) and
+    backups that recorded warnings (a file changed while read) are warnings."""
+    app = ctx.app
+    try:
+        listing = app.local().scan()
+    except PyopsError as exc:
+        return Result("manifests", "unknown", f"cannot read the repository: {exc}")
+    parts = [Part("critical", f"{r.key}: {r.reason}") for r in listing.refused]
+    parts += [
+        Part("warning", f"{r.key}: {r.reason}: not ours, not touched") for r in listing.foreign
+    ]
+    if app.config.repository.key_file is None:
+        parts.append(
+            Part(
+                "warning",
+                "manifests are unauthenticated: no repository.key_file (`pyops init` creates "
+                "one); anyone who can write the repository or bucket can forge a backup",
+            )
+        )
+    warned = [b for b in listing.backups if b.manifest.warnings]
+    parts += [
+        Part("warning", f"{b.id}: {len(b.manifest.warnings)} warning(s): {b.manifest.warnings[0]}")
+        for b in warned
+    ]
+    counts = {
+        "usable": float(len(listing.backups)),
+        "refused": float(len(listing.refused)),
+        "foreign": float(len(listing.foreign)),
+        "with_warnings": float(len(warned)),
+    }
+    parts.append(Part("ok", f"{len(listing.backups)} manifests usable", counts))
+    return combine("manifests", parts)

@@ -10,7 +10,7 @@ from contextlib import nullcontext
 from dataclasses import replace
 from typing import Any
 
-from pyops import catalog, execute
+from pyops import execute
 from pyops.codec import passphrase_fd
 from pyops.config import EncryptionConfig
 from pyops.errors import PyopsError
@@ -90,10 +90,12 @@ def encrypt_canary(enc: EncryptionConfig) -> bytes:
         return _run_bytes(gpg.encrypt_symmetric(enc.gnupghome, fd), CANARY)
 
 
-def _newest_encrypted(ctx: Context) -> catalog.Backup | None:
-    for backup in catalog.complete_backups(ctx.app.repo):
-        if backup.manifest.encrypted and backup.artifact_path.exists():
-            return backup
+def _newest_encrypted(ctx: Context) -> tuple[str, bytes] | None:
+    """(id, first bytes) of the newest encrypted backup whose artifact is there."""
+    local = ctx.app.local()
+    for backup in local.backups():
+        if backup.manifest.encrypted and local.store.stat(backup.artifact_key) is not None:
+            return backup.id, local.head(backup, HEAD)
     return None
 
 
@@ -154,13 +156,12 @@ def probe(enc: EncryptionConfig, handle: Any, data: bytes, what: str) -> None:
 def decrypt_part(ctx: Context, handle: Any, cipher: bytes) -> Part:
     enc = ctx.app.config.encryption
     probe(enc, handle, cipher, "the canary")
-    backup = _newest_encrypted(ctx)
-    if backup is None:
+    newest = _newest_encrypted(ctx)
+    if newest is None:
         return Part("ok", "canary decrypts; no encrypted backup yet")
-    with open(backup.artifact_path, "rb") as f:
-        head = f.read(HEAD)
-    probe(enc, handle, head, backup.id)
-    return Part("ok", f"canary and the first blocks of {backup.id} decrypt")
+    backup_id, head = newest
+    probe(enc, handle, head, backup_id)
+    return Part("ok", f"canary and the first blocks of {backup_id} decrypt")
 
 
 def gpg_key(ctx: Context) -> Result:

@@ -160,10 +160,8 @@ def s3(ctx: Context) -> Result:
     """HeadBucket with the credentials backups use: reachable, exists, allowed."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from pyops.offsite import Offsite
-
     try:
-        store = Offsite(ctx.app.config.offsite, ctx.app.config.host)
+        store = ctx.app.remote_store()
     except PyopsError as exc:
         return Result("s3", "unknown", str(exc))
     t0 = time.monotonic()

@@ -15,9 +15,9 @@ from datetime import datetime
 from typing import Any
 
 from pyops.app import App
-from pyops.catalog import make_private_dir, write_atomic
 from pyops.config import HealthConfig, PostgresTarget
 from pyops.errors import PyopsError
+from pyops.fsutil import make_private_dir, write_atomic
 
 log = logging.getLogger(__name__)
 COUNTERS_FILE = "health-counters.json"

@@ -29,6 +29,7 @@ CHECK_NAMES = (
     "wraparound",
     "long_running",
     "blocking",
+    "manifests",
 )
 
 POSITIVE = (

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from pyops import stream, tarsafe
-from pyops.catalog import Manifest
 from pyops.config import FilesTarget
 from pyops.errors import PyopsError, VerifyFailed
 from pyops.execute import Stage, first_line
+from pyops.manifest import Manifest
 from pyops.sources import Dump, RestorePlan, Staged, aside, compare_content, take_over_metadata
 from pyops.tools import archive
 
@@ -68,6 +68,27 @@ def dump(target: FilesTarget, scratch: Path) -> Iterator[Dump]:
     )
 
 
+def recorded_roots(manifest: Manifest) -> list[str]:
+    """The archive's top-level roots as the manifest records them, checked: each an
+    absolute, normalised path. They only say which members are expected; where files
+    are written comes from the config or --into, never from here."""
+    paths = manifest.source.get("paths")
+    if not isinstance(paths, list) or not paths:
+        raise VerifyFailed(f"{manifest.id}: the manifest records no paths")
+    roots = []
+    for p in paths:
+        if (
+            not isinstance(p, str)
+            or not p.startswith("/")
+            or p == "/"
+            or os.path.normpath(p) != p
+            or "\0" in p
+        ):
+            raise VerifyFailed(f"{manifest.id}: the manifest records an unusable path {p!r}")
+        roots.append(p.lstrip("/"))
+    return roots
+
+
 def _check_tally(manifest: Manifest, got: dict[str, Any]) -> None:
     diff = compare_content(manifest.content, got)
     if diff:
@@ -77,7 +98,7 @@ def _check_tally(manifest: Manifest, got: dict[str, Any]) -> None:
 def deep_check(
     manifest: Manifest, chunks: Iterable[bytes], decoders: list[Stage], scratch: Path
 ) -> dict[str, Any]:
-    source_roots = [p.lstrip("/") for p in manifest.source.get("paths", [])]
+    source_roots = recorded_roots(manifest)
     try:
         with stream.decoded(chunks, decoders) as decoded:
             tally = tarsafe.scan(decoded, source_roots)
@@ -116,12 +137,15 @@ def restore(
     scratch: Path,
     jobs: int,
 ) -> Staged:
-    source_paths = [Path(p) for p in manifest.source.get("paths", [])]
-    source_roots = [str(p.relative_to("/")) for p in source_paths]
+    # in place: exactly the configured paths (restore.prepare refused a backup of other
+    # paths); --into: the recorded roots, beneath the new directory
+    source_paths = list(target.paths)
     if into:
+        source_roots = recorded_roots(manifest)
         base = Path(into)
         destinations = {r: base / r for r in source_roots}
     else:
+        source_roots = roots(target)
         destinations = {str(p.relative_to("/")): _staging(p, stamp) for p in source_paths}
     made: list[Path] = []
 

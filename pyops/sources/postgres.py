@@ -22,10 +22,10 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pyops import stream, tarsafe
-from pyops.catalog import Manifest
 from pyops.config import PostgresTarget
 from pyops.errors import ConfigError, PyopsError, VerifyFailed
 from pyops.execute import DEVNULL, PIPE, Stage, first_line, hidden, in_thread, pipeline
+from pyops.manifest import Manifest
 from pyops.sources import Dump, RestorePlan, Staged
 from pyops.tools import pg
 

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from pyops import stream
-from pyops.catalog import Manifest, fsync_dir
 from pyops.config import SqliteTarget
 from pyops.errors import PyopsError, VerifyFailed
 from pyops.execute import Stage
+from pyops.fsutil import fsync_dir
+from pyops.manifest import Manifest
 from pyops.sources import Dump, RestorePlan, Staged, aside, compare_content, take_over_metadata
 
 EXTENSION = "sqlite3"

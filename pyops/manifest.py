@@ -1,0 +1,228 @@
+"""Backup ids, manifests, and the rules a manifest read back must pass.
+
+Pure: no I/O. A manifest is input, not truth: whoever can write the repository or
+the bucket can write one. `Manifest.parse` checks its shape; `check_place` checks
+that it names the backup whose place it was found in; `seal`/`authenticate` put
+and check an HMAC-SHA256 over its canonical content with the repository key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pyops.errors import PyopsError
+
+TIERS = ("daily", "weekly", "monthly", "pre-restore")
+TYPES = ("postgres", "sqlite", "files")
+STAMP = "%Y%m%dT%H%M%SZ"
+MANIFEST_SUFFIX = ".manifest.json"
+ID_RE = re.compile(
+    r"^(?P<target>[A-Za-z0-9_-]+)\.(?P<tier>daily|weekly|monthly|pre-restore)\."
+    r"(?P<stamp>\d{8}T\d{6}Z)$"
+)
+# innermost layer (what the source wrote), then compression, then encryption
+EXT_RE = re.compile(r"^(pgdump|sql|pgdir\.tar|pgtar|sqlite3|tar)(\.zst|\.gz)?(\.gpg)?$")
+SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+REPO_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+MAC_PREFIX = "hmac-sha256:"
+TEMP_RE = re.compile(r"\.tmp-\d+$")
+
+
+class InvalidManifest(PyopsError):
+    """A manifest that must not be used; the message says why."""
+
+
+def stamp(when: datetime) -> str:
+    return when.astimezone(UTC).strftime(STAMP)
+
+
+def backup_id(target: str, tier: str, when: datetime) -> str:
+    return f"{target}.{tier}.{stamp(when)}"
+
+
+def parse_id(text: str) -> tuple[str, str, datetime]:
+    match = ID_RE.match(text)
+    if not match:
+        raise PyopsError(f"not a backup id: {text!r} (expected TARGET.TIER.YYYYmmddTHHMMSSZ)")
+    try:
+        when = datetime.strptime(match["stamp"], STAMP).replace(tzinfo=UTC)
+    except ValueError:
+        raise PyopsError(f"not a backup id: {text!r} (its time is not a valid date)") from None
+    return match["target"], match["tier"], when
+
+
+def artifact_extension(backup_id_: str, name: str) -> str | None:
+    """The extension of an artifact name `<id>.<ext>`, or None when the name is not one
+    (a separator, another id, an unknown layer)."""
+    head = f"{backup_id_}."
+    if not name.startswith(head) or "/" in name or "\\" in name or "\0" in name:
+        return None
+    ext = name[len(head) :]
+    return ext if EXT_RE.match(ext) else None
+
+
+@dataclass
+class Manifest:
+    id: str
+    target: str
+    type: str
+    tier: str
+    host: str
+    started_at: str
+    finished_at: str
+    duration_s: float
+    pyops_version: str
+    tools: dict[str, str]
+    source: dict[str, Any]
+    format: str
+    compression: dict[str, Any]
+    encryption: dict[str, Any]
+    artifact: dict[str, Any]
+    content: dict[str, Any] = field(default_factory=dict)
+    repository_id: str = ""
+    warnings: list[str] = field(default_factory=list)
+    mac: str = ""
+
+    @property
+    def started(self) -> datetime:
+        return datetime.fromisoformat(self.started_at)
+
+    @property
+    def artifact_name(self) -> str:
+        return str(self.artifact["name"])
+
+    @property
+    def sha256(self) -> str:
+        return str(self.artifact["sha256"])
+
+    @property
+    def size(self) -> int:
+        return int(self.artifact["bytes"])
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.encryption.get("mode", "none") != "none")
+
+    def canonical(self) -> bytes:
+        """What the MAC covers: every field but the MAC itself, in one fixed form."""
+        data = asdict(self)
+        data.pop("mac")
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+    def to_json(self) -> bytes:
+        return (json.dumps(asdict(self), indent=2, sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def parse(cls, data: bytes, origin: str) -> Manifest:
+        """A manifest from its bytes, its shape checked field by field."""
+        try:
+            raw = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidManifest(f"{origin}: not JSON: {exc}") from None
+        if not isinstance(raw, dict):
+            raise InvalidManifest(f"{origin}: not a JSON object")
+        problems = _shape_problems(raw)
+        if problems:
+            raise InvalidManifest(f"{origin}: {'; '.join(problems)}")
+        return cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
+
+
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "id": str,
+    "target": str,
+    "type": str,
+    "tier": str,
+    "host": str,
+    "started_at": str,
+    "finished_at": str,
+    "duration_s": (int, float),
+    "pyops_version": str,
+    "tools": dict,
+    "source": dict,
+    "format": str,
+    "compression": dict,
+    "encryption": dict,
+    "artifact": dict,
+}
+_OPTIONAL_TYPES: dict[str, type] = {
+    "content": dict,
+    "repository_id": str,
+    "warnings": list,
+    "mac": str,
+}
+
+
+def _shape_problems(raw: dict[str, Any]) -> list[str]:
+    problems = []
+    for key, tp in _FIELD_TYPES.items():
+        if key not in raw:
+            problems.append(f"{key} missing")
+        elif not isinstance(raw[key], tp) or isinstance(raw[key], bool):
+            problems.append(f"{key} has the wrong type")
+    for key, tp in _OPTIONAL_TYPES.items():
+        if key in raw and not isinstance(raw[key], tp):
+            problems.append(f"{key} has the wrong type")
+    if problems:
+        return problems
+    match = ID_RE.match(raw["id"])
+    if not match:
+        return [f"id {raw['id']!r} is not a backup id"]
+    if raw["target"] != match["target"] or raw["tier"] != match["tier"]:
+        problems.append(f"target/tier {raw['target']}/{raw['tier']} differ from its id")
+    if raw["type"] not in TYPES:
+        problems.append(f"unknown type {raw['type']!r}")
+    art = raw["artifact"]
+    name = art.get("name")
+    if not isinstance(name, str) or artifact_extension(raw["id"], name) is None:
+        problems.append(f"artifact.name {name!r} is not {raw['id']}.<known extension>")
+    size = art.get("bytes")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        problems.append("artifact.bytes is not a byte count")
+    if not isinstance(art.get("sha256"), str) or not SHA_RE.match(art["sha256"]):
+        problems.append("artifact.sha256 is not a sha256")
+    try:
+        started = datetime.fromisoformat(raw["started_at"])
+        if started.tzinfo is None:
+            problems.append("started_at has no time zone")
+    except ValueError:
+        problems.append("started_at is not a time")
+    rid = raw.get("repository_id", "")
+    if rid and not REPO_ID_RE.match(rid):
+        problems.append("repository_id is malformed")
+    if not all(isinstance(w, str) for w in raw.get("warnings", [])):
+        problems.append("warnings must be strings")
+    return problems
+
+
+def check_place(manifest: Manifest, target: str, tier: str, stem: str) -> None:
+    """The manifest must name the backup whose place (directory or key, file name) it
+    was found in: a manifest copied or planted elsewhere is not that backup."""
+    if manifest.id != stem:
+        raise InvalidManifest(f"it names another backup ({manifest.id})")
+    if manifest.target != target or manifest.tier != tier:
+        raise InvalidManifest(
+            f"it says {manifest.target}/{manifest.tier} but lies in {target}/{tier}"
+        )
+
+
+# --- authenticity ---------------------------------------------------------------
+
+
+def mac_of(key: bytes, manifest: Manifest) -> str:
+    return MAC_PREFIX + hmac.new(key, manifest.canonical(), hashlib.sha256).hexdigest()
+
+
+def seal(key: bytes | None, manifest: Manifest) -> Manifest:
+    """Put the MAC on (no key: leave it off; the manifest is then unauthenticated)."""
+    manifest.mac = mac_of(key, manifest) if key else ""
+    return manifest
+
+
+def authentic(key: bytes, manifest: Manifest) -> bool:
+    return bool(manifest.mac) and hmac.compare_digest(manifest.mac, mac_of(key, manifest))

@@ -1,0 +1,106 @@
+"""Unsafe file modes, as OpenSSH's StrictModes and gpg's "unsafe permissions" see them.
+
+A config another user can write decides what pyops runs as root (pg_bin_dir); a
+repository another user can write decides what is restored; a key or passphrase
+file others can read is no longer a secret. The check is about each path itself,
+and where its symlinks lead; a sticky world-writable parent such as /tmp is fine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyops.config import Config
+from pyops.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Unsafe:
+    path: Path
+    key: str  # the config key naming it, or the config file itself
+    problem: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.path} is {self.problem}; fix: {self.fix}"
+
+
+def _chain(path: Path) -> list[Path]:
+    """The path and, when it is a symlink, every path it leads through."""
+    out = [path]
+    seen = {path}
+    while out[-1].is_symlink():
+        target = Path(os.readlink(out[-1]))
+        nxt = target if target.is_absolute() else out[-1].parent / target
+        if nxt in seen:
+            break
+        seen.add(nxt)
+        out.append(nxt)
+    return out
+
+
+def check_path(path: Path, key: str, secret: bool, uid: int) -> list[Unsafe]:
+    problems = []
+    for p in _chain(path):
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            continue  # a link's own mode means nothing; where it leads is checked next
+        if st.st_uid not in (0, uid):
+            problems.append(Unsafe(p, key, f"owned by uid {st.st_uid}", f"chown {uid} {p}"))
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            mode = "0700" if stat.S_ISDIR(st.st_mode) else "0600"
+            problems.append(
+                Unsafe(
+                    p,
+                    key,
+                    f"writable by group or others ({oct(st.st_mode & 0o777)})",
+                    f"chmod {mode} {p}",
+                )
+            )
+        elif secret and st.st_mode & stat.S_IROTH:
+            problems.append(
+                Unsafe(p, key, f"readable by others ({oct(st.st_mode & 0o777)})", f"chmod 0600 {p}")
+            )
+    return problems
+
+
+def unsafe_paths(config: Config, uid: int | None = None) -> list[Unsafe]:
+    """Every unsafe path the config names: itself, the repository, the state dir,
+    the repository key and the passphrase file."""
+    uid = os.geteuid() if uid is None else uid
+    repo = config.repository
+    checks: list[tuple[Path | None, str, bool]] = [
+        (config.source, str(config.source), False),
+        (repo.path, "repository.path", False),
+        (repo.state_dir, "repository.state_dir", False),
+        (repo.key_file, "repository.key_file", True),
+        (config.encryption.passphrase_file, "encryption.passphrase_file", True),
+    ]
+    out: list[Unsafe] = []
+    for path, key, secret in checks:
+        if path is not None:
+            out += check_path(path, key, secret, uid)
+    return out
+
+
+def enforce(config: Config) -> list[Unsafe]:
+    """As root, refuse the first unsafe path (exit 2, naming it and the fix); as
+    another user, warn about each. Returns what was found."""
+    found = unsafe_paths(config)
+    if found and os.geteuid() == 0:
+        first = found[0]
+        raise ConfigError(
+            first.key, f"{first.path} is {first.problem}: refusing to run as root; fix: {first.fix}"
+        )
+    for problem in found:
+        log.warning("unsafe permissions: %s", problem)
+    return found
