@@ -46,6 +46,7 @@ class App:
     _key_loaded: bool = field(default=False, repr=False)
     _identity: Identity | None = field(default=None, repr=False)
     _remote: S3Store | None = field(default=None, repr=False)
+    _remote_checked: set[bool] = field(default_factory=set, repr=False)
 
     def hide_secrets_from_children(self) -> None:
         """For the pyops process (the CLI): no child inherits a target's password
@@ -194,6 +195,8 @@ class App:
         repository's identity is refused for writing."""
         store = self.remote_store()
         ours = self.identity(create=write)
+        if write in self._remote_checked or True in self._remote_checked:
+            return self._catalog(store, ours)  # this run already checked (and wrote) it
         theirs = self._read_identity(store)
         if theirs is None:
             if write and ours is not None:
@@ -210,4 +213,5 @@ class App:
                     "host (or [offsite] prefix) to one of this repository's own"
                 )
             log.warning("%s: its backups are listed as foreign and not touched", message)
+        self._remote_checked.add(write)
         return self._catalog(store, ours)

@@ -207,7 +207,7 @@ def verify(
         lambda r: (
             f"{r.id}: ok"
             + (" (deep)" if r.deep else "")
-            + ("" if r.authenticated else " (manifest unauthenticated)")
+            + ("" if r.authenticated or app.key is None else " (manifest UNAUTHENTICATED)")
             + "".join(f"\n  warning: {w}" for w in r.warnings)
         ),
         lambda r: f"{r.id}: FAILED: {r.error}",

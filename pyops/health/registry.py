@@ -92,7 +92,7 @@ CHECKS: dict[str, Check] = {
         Check("wraparound", checks_db.wraparound, _postgres),
         Check("long_running", checks_db.long_running, _postgres),
         Check("blocking", checks_db.blocking, _postgres),
-        Check("manifests", checks_backup.manifests, _always),
+        Check("manifests", checks_backup.manifests, _targets),
     )
 }
 assert tuple(CHECKS) == CHECK_NAMES

@@ -191,7 +191,14 @@ def test_default_selection_runs_what_is_configured(env: Env) -> None:
     rc, out, _ = env.pyops("health", "--format", "json")
     doc = json.loads(out)
     ran = {c["name"] for c in doc["checks"]}
-    assert ran == {"disk", "paths", "backup_freshness", "drill_freshness", "backup_size"}
+    assert ran == {
+        "disk",
+        "paths",
+        "backup_freshness",
+        "drill_freshness",
+        "backup_size",
+        "manifests",
+    }
     skipped = {s["name"] for s in doc["not_configured"]}
     assert {"redis", "database", "s3", "gpg_key", "tls"} <= skipped
     assert rc == doc["exit_code"] == 2  # no backup yet: critical

@@ -115,9 +115,8 @@ def test_init_writes_a_private_config_and_repository(tmp_path: Path) -> None:
 @pytest.fixture
 def held_lock(pyops: Pyops) -> Iterator[None]:
     """The repository lock, held by "another run" (this test process)."""
-    state = pyops.repo / ".pyops"
-    state.mkdir(parents=True, mode=0o700)
-    fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    pyops.repo.mkdir(parents=True, mode=0o700, exist_ok=True)
+    fd = os.open(pyops.repo / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         os.write(fd, b"pid 1234: test")

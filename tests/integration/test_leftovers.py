@@ -3,7 +3,16 @@ files pyops did not make are never touched."""
 
 from __future__ import annotations
 
+import subprocess
+
 from integration_helpers import Pyops, compression, make_sample_db, sqlite_target
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited: its temp files are a dead run's."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
 
 
 def test_leftovers_are_never_listed_and_the_next_backup_removes_them(pyops: Pyops) -> None:
@@ -21,11 +30,11 @@ def test_leftovers_are_never_listed_and_the_next_backup_removes_them(pyops: Pyop
 
     dead = {
         # an artifact a killed run was still writing
-        daily / "app.daily.20200101T000000Z.sqlite3.zst.tmp-123": b"half an artifact",
+        daily / f"app.daily.20200101T000000Z.sqlite3.zst.tmp-{dead_pid()}": b"half an artifact",
         # an artifact whose manifest never came
         daily / "app.daily.20200102T000000Z.sqlite3.zst": b"\x28\xb5\x2f\xfd no manifest",
         # a manifest being written when the run died
-        daily / "app.daily.20200103T000000Z.manifest.json.tmp-4567": b'{"id": "app.da',
+        daily / f"app.daily.20200103T000000Z.manifest.json.tmp-{dead_pid()}": b'{"id": "app.da',
         weekly / "app.weekly.20200105T000000Z.sqlite3.zst": b"orphan in another tier",
     }
     foreign = {

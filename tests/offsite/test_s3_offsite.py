@@ -43,7 +43,11 @@ def test_upload_list_verify_restore_from_the_bucket_alone(
     assert keys == [
         f"pyops/{host}/notes/daily/{backup_id}.manifest.json",
         f"pyops/{host}/notes/daily/{backup_id}.sqlite3.zst",
+        f"pyops/{host}/repository.json",  # the repository's identity, beside its backups
     ]
+    identity = json.loads((tmp_path / "repo" / "repository.json").read_text())
+    remote_identity = s3.client.get_object(Bucket=s3.bucket, Key=keys[2])["Body"].read()
+    assert json.loads(remote_identity)["repository_id"] == identity["repository_id"]
     head = s3.client.head_object(Bucket=s3.bucket, Key=keys[1])
     assert head["Metadata"]["sha256"] == json.loads(local.read_text())["artifact"]["sha256"]
 
@@ -133,7 +137,7 @@ def test_retention_locally_and_in_the_bucket_with_object_lock(
     remote = json.loads(ok(run_pyops(unlocked, "list", "--remote", "--format", "json")).stdout)
     assert len(local) == 2
     assert [b["id"] for b in remote["backups"]] == [b["id"] for b in local]
-    assert len(s3.object_keys()) == 4  # artifact + manifest each, nothing else
+    assert len(s3.object_keys()) == 5  # artifact + manifest each, and the identity
 
     locked = sqlite_config(
         tmp_path, s3, sqlite_source, lock_days=1, extra="[retention]\ndaily = 1\n"
