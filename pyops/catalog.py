@@ -11,6 +11,7 @@ from, written to or deleted through.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +20,9 @@ from pyops import manifest as mf
 from pyops.errors import PyopsError
 from pyops.fsutil import temp_owner_alive
 from pyops.manifest import MANIFEST_SUFFIX, TIERS, InvalidManifest, Manifest
-from pyops.storage import NotFound, Progress, Store, StoreError, read_small
+from pyops.storage import NotFound, Progress, Store, StoreError, check_key, read_small
 
+log = logging.getLogger(__name__)
 # re-exported: most callers only need these names
 __all__ = ["MANIFEST_SUFFIX", "TIERS", "Backup", "Catalog", "Listing", "Manifest", "Refusal"]
 
@@ -103,7 +105,7 @@ class Catalog:
         try:
             m = Manifest.parse(read_small(self.store, key), key)
             mf.check_place(m, target, tier, stem)
-        except InvalidManifest as exc:
+        except (InvalidManifest, StoreError) as exc:
             return None, Refusal(key, str(exc).removeprefix(f"{key}: ")), False
         if m.repository_id and self.repository_id and m.repository_id != self.repository_id:
             return None, Refusal(key, f"belongs to repository {m.repository_id}"), True
@@ -162,12 +164,19 @@ class Catalog:
             return backup
         assert refusal is not None
         if foreign and foreign_ok:
-            saved = self.repository_id
-            try:
-                self.repository_id = None
-                return self.find(backup_id)
-            finally:
-                self.repository_id = saved
+            # named explicitly by id: judged as if it were ours (shape, place, MAC); a
+            # MAC under the other repository's key passes only --allow-unauthenticated
+            m = Manifest.parse(read_small(self.store, key), key)
+            if self.key is None or mf.authentic(self.key, m):
+                return Backup(m, self.key is not None)
+            why = f"{refusal.reason}, and its MAC does not match this repository's key"
+            if not self.allow_unauthenticated:
+                raise PyopsError(
+                    f"{self.describe()}: {key}: {why}: not used (--allow-unauthenticated "
+                    "uses it anyway)"
+                )
+            log.warning("%s: %s: used UNAUTHENTICATED (--allow-unauthenticated)", key, why)
+            return Backup(m, False)
         raise PyopsError(f"{self.describe()}: {key}: {refusal.reason}: not used")
 
     def latest(self, target: str) -> Backup:
@@ -215,7 +224,10 @@ class Catalog:
         out = []
         for info in infos:
             _target, tier, name = info.key.split("/")
-            if tier not in TIERS:
+            if tier not in TIERS or not _safe_key(info.key):
+                continue
+            head = mf.ID_RE.match(".".join(name.split(".")[:3]))
+            if head is None or head["target"] != target or head["tier"] != tier:
                 continue
             if mf.TEMP_RE.search(name):
                 base = mf.TEMP_RE.sub("", name)
@@ -230,6 +242,14 @@ class Catalog:
             ):
                 out.append(info.key)
         return out
+
+
+def _safe_key(key: str) -> bool:
+    try:
+        check_key(key)
+    except StoreError:
+        return False
+    return True
 
 
 def _made_by_pyops(name: str) -> bool:
@@ -262,7 +282,7 @@ def copy(
             dst.store.put_file(key, path_of(key), m.sha256, progress)
         else:
             dst.store.put_stream(key, src.store.open_chunks(key), m.sha256, progress)
-    except NotFound:
+    except (NotFound, FileNotFoundError):
         raise PyopsError(f"{backup.id}: artifact {key} is missing in {src.describe()}") from None
     except StoreError as exc:
         raise PyopsError(f"{backup.id}: copy to {dst.describe()} failed: {exc}") from None

@@ -3,6 +3,7 @@ and the temp-name shape that lets a later run tell a dead run's file from a live
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from pathlib import Path
@@ -27,7 +28,7 @@ def temp_owner_alive(name: str) -> bool:
         return True
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
         return True
@@ -71,4 +72,6 @@ def make_private_dir(path: Path) -> Path:
                 raise
             continue  # made by a concurrent run: its mode is its creator's business
         os.chmod(d, 0o700)
+    if not path.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(path))
     return path

@@ -24,14 +24,14 @@ STAMP = "%Y%m%dT%H%M%SZ"
 MANIFEST_SUFFIX = ".manifest.json"
 ID_RE = re.compile(
     r"^(?P<target>[A-Za-z0-9_-]+)\.(?P<tier>daily|weekly|monthly|pre-restore)\."
-    r"(?P<stamp>\d{8}T\d{6}Z)$"
+    r"(?P<stamp>\d{8}T\d{6}Z)\Z"
 )
 # innermost layer (what the source wrote), then compression, then encryption
-EXT_RE = re.compile(r"^(pgdump|sql|pgdir\.tar|pgtar|sqlite3|tar)(\.zst|\.gz)?(\.gpg)?$")
-SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-REPO_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+EXT_RE = re.compile(r"^(pgdump|sql|pgdir\.tar|pgtar|sqlite3|tar)(\.zst|\.gz)?(\.gpg)?\Z")
+SHA_RE = re.compile(r"^[0-9a-f]{64}\Z")
+REPO_ID_RE = re.compile(r"^[0-9a-f]{32}\Z")
 MAC_PREFIX = "hmac-sha256:"
-TEMP_RE = re.compile(r"\.tmp-\d+$")
+TEMP_RE = re.compile(r"\.tmp-\d+\Z")
 
 
 class InvalidManifest(PyopsError):
@@ -171,6 +171,10 @@ def _shape_problems(raw: dict[str, Any]) -> list[str]:
     if problems:
         return problems
     match = ID_RE.match(raw["id"])
+    try:
+        parse_id(raw["id"])
+    except PyopsError:
+        match = None
     if not match:
         return [f"id {raw['id']!r} is not a backup id"]
     if raw["target"] != match["target"] or raw["tier"] != match["tier"]:

@@ -19,7 +19,7 @@ from typing import Protocol
 from pyops.errors import PyopsError
 
 Progress = Callable[[int], None] | None
-_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
 
 
 class StoreError(PyopsError):

@@ -57,11 +57,10 @@ class LocalStore:
             if entry.name.startswith("."):
                 continue  # ours (.pyops, .lock) or not ours: never a backup
             key = f"{base}{entry.name}"
-            if not (key.startswith(prefix) or prefix.startswith(f"{key}/")):
-                continue
             if entry.is_dir(follow_symlinks=False):
-                yield from self._walk(Path(entry.path), f"{key}/", prefix)
-            elif entry.is_file(follow_symlinks=False):
+                if key.startswith(prefix) or prefix.startswith(f"{key}/"):
+                    yield from self._walk(Path(entry.path), f"{key}/", prefix)
+            elif entry.is_file(follow_symlinks=False) and key.startswith(prefix):
                 yield ObjectInfo(key, entry.stat(follow_symlinks=False).st_size)
 
     def stat(self, key: str) -> ObjectInfo | None:
@@ -99,14 +98,22 @@ class LocalStore:
     def put_bytes(self, key: str, data: bytes) -> None:
         write_atomic(self.path(key, create_dirs=True), data)
 
-    def open_chunks(self, key: str) -> Iterator[bytes]:
-        path = self.path(key)
+    def _open(self, path: Path) -> int:
+        """A regular file, opened without following a link or waiting on a FIFO."""
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except (FileNotFoundError, NotADirectoryError):
             raise NotFound(f"{path} is missing") from None
         except OSError as exc:
             raise StoreError(f"cannot read {path}: {exc.strerror}") from None
+        if not stat_.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise NotFound(f"{path} is not a regular file: no object there")
+        return fd
+
+    def open_chunks(self, key: str) -> Iterator[bytes]:
+        path = self.path(key)
+        fd = self._open(path)
 
         def chunks() -> Iterator[bytes]:
             with open(fd, "rb", buffering=0) as f:
@@ -117,12 +124,7 @@ class LocalStore:
 
     def read_range(self, key: str, start: int, length: int) -> bytes:
         path = self.path(key)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        except (FileNotFoundError, NotADirectoryError):
-            raise NotFound(f"{path} is missing") from None
-        except OSError as exc:
-            raise StoreError(f"cannot read {path}: {exc.strerror}") from None
+        fd = self._open(path)
         try:
             return os.pread(fd, length, start)
         finally:
@@ -132,6 +134,6 @@ class LocalStore:
         path = self.path(key)
         try:
             path.unlink()
-        except (FileNotFoundError, NotADirectoryError):
-            return
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return  # absent, or a directory: no object there
         fsync_dir(path.parent)

@@ -195,12 +195,10 @@ def test_make_private_dir_is_0700_even_under_a_strict_umask(tmp_path: Path) -> N
     assert mode(deep) == 0o700
 
 
-def test_make_private_dir_leaves_existing_directories_alone(
-    tmp_path: Path, umask022: None
-) -> None:
+def test_make_private_dir_leaves_existing_directories_alone(tmp_path: Path, umask022: None) -> None:
     existing = tmp_path / "shared"
     existing.mkdir()
-    os.chmod(existing, 0o755)
+    os.chmod(existing, 0o755)  # noqa: S103 - a directory not ours
     make_private_dir(existing / "mine")
     assert mode(existing) == 0o755
     assert mode(existing / "mine") == 0o700
@@ -235,7 +233,11 @@ def test_concurrent_creation_by_threads_is_not_an_error(tmp_path: Path, umask022
         start = threading.Barrier(8)
         errors: list[BaseException] = []
 
-        def make(deep: Path = deep, start: threading.Barrier = start) -> None:
+        def make(
+            deep: Path = deep,
+            start: threading.Barrier = start,
+            errors: list[BaseException] = errors,
+        ) -> None:
             start.wait()
             try:
                 make_private_dir(deep)
@@ -260,9 +262,7 @@ def _make_in_child(deep: str, start: object) -> None:
     make_private_dir(Path(deep))
 
 
-def test_concurrent_creation_by_processes_is_not_an_error(
-    tmp_path: Path, umask022: None
-) -> None:
+def test_concurrent_creation_by_processes_is_not_an_error(tmp_path: Path, umask022: None) -> None:
     ctx = multiprocessing.get_context("fork")
     for round_ in range(5):
         deep = tmp_path / f"r{round_}" / "a" / "b" / "c"

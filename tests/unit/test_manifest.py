@@ -178,8 +178,8 @@ def test_artifact_extension_of_every_known_layering(ext: str) -> None:
         f"{BID}.tar.zst.zst",
         f"{BID}.tar.zst.gpg.tmp-123",  # a temp name is not an artifact
         f"{BID}{MANIFEST_SUFFIX}",
-        f"app-db.daily.20261124T020000Z.pgdump",  # another backup's artifact
-        f"media.daily.20261123T020000Z.tar",
+        "app-db.daily.20261124T020000Z.pgdump",  # another backup's artifact
+        "media.daily.20261123T020000Z.tar",
         f"/{BID}.pgdump",  # absolute
         f"/srv/{BID}.pgdump",
         f"../{BID}.pgdump",
