@@ -505,28 +505,84 @@ def test_row4_without_a_key_the_host_with_the_true_manifests_notices(
 # --- row 5: a second repository under the same bucket, prefix and host --------------
 
 
-def test_row5_another_repository_under_the_same_prefix_is_never_written_pruned_or_restored(
-    tmp_path: Path, s3: S3
-) -> None:
-    key_file = make_key(tmp_path / "repository.key")  # one admin, one key: ids still differ
+def wait_past(backup_id: str) -> None:
+    """Sleep until the wall clock is past the second of `backup_id` (so the next
+    backup, in another repository, does not get the same id)."""
+    stamp = datetime.strptime(backup_id.split(".")[2], STAMP).replace(tzinfo=UTC)
+    while datetime.now(UTC) < stamp + timedelta(seconds=1):
+        time.sleep(0.05)
+
+
+def neighbours(tmp_path: Path, s3: S3, keys: str) -> tuple[Site, Site]:
+    """Configs A and B on one machine: separate repositories and sources, the same
+    bucket, prefix and host. `keys`: "none", "shared" (one admin, one key file) or
+    "own" (a key each)."""
     body = zstd() + s3.config() + "[retention]\ndaily = 1\n"
-    a = Site(tmp_path / "a", tmp_path / "a" / "repo")
-    a.write(body + sqlite_target("notes", notes_db(tmp_path / "a.db", "A")), key_file=key_file)
-    b = Site(tmp_path / "b", tmp_path / "b" / "repo")
-    b.write(body + sqlite_target("notes", notes_db(tmp_path / "b.db", "B")), key_file=key_file)
+    shared = make_key(tmp_path / "repository.key") if keys == "shared" else None
+    sites = []
+    for name in ("a", "b"):
+        key = make_key(tmp_path / f"{name}.key") if keys == "own" else shared
+        site = Site(tmp_path / name, tmp_path / name / "repo")
+        db = notes_db(tmp_path / f"{name}.db", name.upper())
+        sites.append(site.write(body + sqlite_target("notes", db), key_file=key))
+    return sites[0], sites[1]
+
+
+def repository_id(site: Site) -> str:
+    return str(json.loads((site.repo / "repository.json").read_text())["repository_id"])
+
+
+@pytest.mark.parametrize("keys", ["none", "shared", "own"])
+def test_row5_a_second_repository_starting_under_a_used_prefix_is_refused(
+    tmp_path: Path, s3: S3, keys: str
+) -> None:
+    """B is new (its repository empty) and starts after A has backed up: its upload
+    must be refused, naming A's repository, whatever the keys."""
+    a, b = neighbours(tmp_path, s3, keys)
     a_id = a.backup("notes")
-    a_repository = json.loads((a.repo / "repository.json").read_text())["repository_id"]
+    theirs = repository_id(a)
     before = bucket(s3)
+    wait_past(a_id)
 
     proc = b.run("backup", "--format", "json")
     assert proc.returncode == 1, said(proc)
-    assert "another repository" in proc.stderr and a_repository in proc.stderr, said(proc)
+    assert "another repository" in proc.stderr and theirs in proc.stderr, said(proc)
+    assert "set [repository] host" in proc.stderr, said(proc)
+    assert bucket(s3) == before
+    assert not (b.repo / "repository.json").exists() or repository_id(b) != theirs
+
+    listed = a.listing("--remote")
+    assert [x["id"] for x in listed["backups"]] == [a_id], listed
+    prune = a.ok("prune", "--remote")
+    assert bucket(s3) == before, said(prune)
+    out = tmp_path / "restored-a.db"
+    a.ok("restore", "--remote", "--latest", "--target", "notes", "--into", str(out), "--yes")
+    assert notes_in(out) == (50, {"A"})
+
+
+def test_row5_foreign_backups_under_the_prefix_are_never_pruned_or_restored(
+    tmp_path: Path, s3: S3
+) -> None:
+    """B has its own identity (made before A first wrote the bucket); its upload is
+    refused, and B's backups that reach the prefix anyway (copied by hand, or from
+    before repositories had identities) are foreign to A: not counted by A's prune,
+    not restored by A's --latest."""
+    a, b = neighbours(tmp_path, s3, "shared")  # one key: MACs pass, the ids differ
+    b.ok("init")
+    a_id = a.backup("notes")
+    ours = repository_id(a)
+    before = bucket(s3)
+    wait_past(a_id)
+
+    proc = b.run("backup", "--format", "json")
+    assert proc.returncode == 1, said(proc)
+    assert "another repository" in proc.stderr and ours in proc.stderr, said(proc)
     assert "set [repository] host" in proc.stderr, said(proc)
     assert bucket(s3) == before
     b_id = json.loads(proc.stdout)["backups"][0]["id"]
+    assert b_id != a_id
     assert [x["id"] for x in b.listing()["backups"]] == [b_id]  # B's local backup is kept
 
-    # B's backups get under the prefix anyway (copied by hand, or from before identities)
     b_manifest = b.manifest(b_id)
     for name in (f"{b_id}.manifest.json", b_manifest["artifact"]["name"]):
         data = (b.repo / "notes" / "daily" / name).read_bytes()
@@ -541,13 +597,13 @@ def test_row5_another_repository_under_the_same_prefix_is_never_written_pruned_o
     assert [x["id"] for x in listed["backups"]] == [a_id]
     assert [f["key"] for f in listed["foreign"]] == [f"notes/daily/{b_id}.manifest.json"]
 
-    prune = a.run("prune", "--remote", "--format", "json")  # daily = 1: B's is newer
+    prune = a.run("prune", "--remote", "--format", "json")  # daily = 1, and B's is newer
     assert prune.returncode == 0, said(prune)
     assert [(r["id"], r["keep"]) for r in json.loads(prune.stdout)["backups"]] == [(a_id, True)]
     assert "foreign backups" in prune.stderr and "not touched" in prune.stderr, said(prune)
     assert bucket(s3) == mixed
 
-    shutil.rmtree(a.repo)  # A's disaster: a new host, A's config, the bucket
+    shutil.rmtree(a.repo)  # A's disaster: a new host, A's config and key, the bucket
     out = tmp_path / "restored-a.db"
     proc = a.run(
         "restore", "--remote", "--latest", "--target", "notes", "--into", str(out), "--yes"
@@ -555,6 +611,7 @@ def test_row5_another_repository_under_the_same_prefix_is_never_written_pruned_o
     assert proc.returncode == 0, said(proc)
     assert f"backup:      {a_id}" in proc.stderr, said(proc)
     assert notes_in(out) == (50, {"A"})
+    assert repository_id(a) == ours  # adopted from the bucket
     assert bucket(s3) == mixed
     assert [x["id"] for x in b.listing()["backups"]] == [b_id]
 

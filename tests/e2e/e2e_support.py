@@ -137,6 +137,18 @@ class Repo:
     def all_files(self) -> list[Path]:
         return sorted(p for p in self.path.rglob("*") if not p.is_dir())
 
+    def backup_files(self) -> list[Path]:
+        """Every file but the repository's own housekeeping: the state dir, the lock
+        and the identity."""
+        return [
+            p
+            for p in self.all_files()
+            if ".pyops" not in p.parts and p.relative_to(self.path).parts[0] not in HOUSEKEEPING
+        ]
+
+
+HOUSEKEEPING = (".lock", "repository.json")
+
 
 def describe(proc: subprocess.CompletedProcess[str]) -> str:
     return (

@@ -135,11 +135,7 @@ def test_round_trip(pg: PgCluster, src_db: str, repo: Repo, fmt: str, jobs: int)
     assert snapshot(pg, src_db) == before
     assert databases(pg, src_db) == sorted([src_db, into])
     # nothing but the backup, its manifest and pyops' own state is left
-    leftovers = [
-        p
-        for p in repo.all_files()
-        if p.parent != Path(manifest["_dir"]) and ".pyops" not in p.parts
-    ]
+    leftovers = [p for p in repo.backup_files() if p.parent != Path(manifest["_dir"])]
     assert leftovers == []
     assert not [p for p in repo.path.rglob("*") if ".tmp-" in p.name]
     assert_private_tree(repo.path)
@@ -439,7 +435,7 @@ def test_backup_fails_when_recipient_key_is_missing(
     assert failed.returncode == 1, describe(failed)
     assert recipient in failed.stderr
     assert repo.manifests() == []
-    assert [p for p in repo.all_files() if ".pyops" not in p.parts] == []
+    assert repo.backup_files() == []
     assert repo.json("list")["backups"] == []
 
 
@@ -586,7 +582,7 @@ def test_password_errors(pg: PgCluster, pg_role: tuple[str, str], repo: Repo) ->
     assert missing in nodb.stderr
 
     assert repo.manifests() == []
-    assert [p for p in repo.all_files() if ".pyops" not in p.parts] == []
+    assert repo.backup_files() == []
 
 
 def unset_password_env_run(pg: PgCluster, role: str, repo: Repo) -> Any:
@@ -607,7 +603,7 @@ def test_password_env_unset_names_the_key(
     assert "password_env" in unset.stderr, describe(unset)
     assert PW_ENV in unset.stderr
     assert repo.manifests() == []
-    assert [p for p in repo.all_files() if ".pyops" not in p.parts] == []
+    assert repo.backup_files() == []
 
 
 def test_password_env_unset_exits_2(pg: PgCluster, pg_role: tuple[str, str], repo: Repo) -> None:
@@ -658,7 +654,7 @@ def test_pg_dump_killed_mid_stream_leaves_nothing(pg: PgCluster, src_db: str, re
 
     assert list(repo.path.rglob("*.manifest.json")) == []
     assert [p for p in repo.path.rglob("*") if ".tmp-" in p.name] == []
-    assert [p for p in repo.all_files() if ".pyops" not in p.parts] == []
+    assert repo.backup_files() == []
     assert repo.json("list")["backups"] == []
     listing = repo.ok("list")
     assert "no complete backups" in listing.stdout

@@ -116,6 +116,7 @@ class Sampler:
             time.sleep(0.002)
 
     def sample(self) -> None:
+        own = comm_of(self.root)
         for pid in descendants(self.root):
             try:
                 argv = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -123,7 +124,9 @@ class Sampler:
             except OSError:
                 continue
             comm = comm_of(pid)
-            if not comm:
+            if not comm or comm == own:
+                # forked by pyops, not yet exec'd: /proc shows pyops' own start-up
+                # environment (its memory), not what the child will run with
                 continue
             self.seen[pid] = comm
             for what, secret in self.secrets.items():
