@@ -20,7 +20,15 @@ from pyops import manifest as mf
 from pyops.errors import PyopsError
 from pyops.fsutil import temp_owner_alive
 from pyops.manifest import MANIFEST_SUFFIX, TIERS, InvalidManifest, Manifest
-from pyops.storage import NotFound, Progress, Store, StoreError, check_key, read_small
+from pyops.storage import (
+    ChecksumMismatch,
+    NotFound,
+    Progress,
+    Store,
+    StoreError,
+    check_key,
+    read_small,
+)
 
 log = logging.getLogger(__name__)
 # re-exported: most callers only need these names
@@ -284,6 +292,8 @@ def copy(
             dst.store.put_stream(key, src.store.open_chunks(key), m.sha256, progress)
     except (NotFound, FileNotFoundError):
         raise PyopsError(f"{backup.id}: artifact {key} is missing in {src.describe()}") from None
+    except ChecksumMismatch as exc:
+        raise ChecksumMismatch(f"{backup.id}: copy to {dst.describe()} failed: {exc}") from None
     except StoreError as exc:
         raise PyopsError(f"{backup.id}: copy to {dst.describe()} failed: {exc}") from None
     dst.store.put_bytes(backup.manifest_key, data)

@@ -19,6 +19,7 @@ from pyops.errors import PyopsError
 from pyops.fsutil import make_private_dir, write_atomic
 from pyops.manifest import ID_RE, Manifest, artifact_extension
 from pyops.progress import Progress, human
+from pyops.storage import ChecksumMismatch
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +228,7 @@ def fetch(app: App, backup: Backup, fresh: bool = False) -> Backup:
     with Progress(f"download {m.artifact_name}", lambda: got[0], m.size, app.interactive):
         try:
             cat.copy(app.remote(), local, backup, progress, fresh=True)
-        except PyopsError as exc:
+        except ChecksumMismatch as exc:
             raise PyopsError(
                 f"{m.id}: the object in the bucket does not match its manifest ({exc}): "
                 "not restoring"

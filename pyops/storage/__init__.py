@@ -30,6 +30,10 @@ class NotFound(StoreError):
     """No object under that key."""
 
 
+class ChecksumMismatch(StoreError):
+    """The bytes offered do not have the sha256 they should: nothing was stored."""
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str

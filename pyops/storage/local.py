@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pyops.artifact import CHUNK, ArtifactWriter, read_chunks
 from pyops.fsutil import fsync_dir, make_private_dir, write_atomic
-from pyops.storage import NotFound, ObjectInfo, Progress, StoreError, check_key
+from pyops.storage import ChecksumMismatch, NotFound, ObjectInfo, Progress, StoreError, check_key
 
 
 class LocalStore:
@@ -86,7 +86,7 @@ class LocalStore:
                     progress(len(chunk))
             got = writer.hash.hexdigest()
             if got != sha256:
-                raise StoreError(
+                raise ChecksumMismatch(
                     f"{key}: the stream has sha256 {got[:16]}..., expected {sha256[:16]}...: "
                     "nothing was stored"
                 )

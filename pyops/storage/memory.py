@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from pyops.storage import NotFound, ObjectInfo, Progress, StoreError, check_key
+from pyops.storage import ChecksumMismatch, NotFound, ObjectInfo, Progress, check_key
 
 
 class MemoryStore:
@@ -43,7 +43,9 @@ class MemoryStore:
                 progress(len(chunk))
         got = hashlib.sha256(data).hexdigest()
         if got != sha256:
-            raise StoreError(f"{key}: stream has sha256 {got[:16]}..., expected {sha256[:16]}...")
+            raise ChecksumMismatch(
+                f"{key}: stream has sha256 {got[:16]}..., expected {sha256[:16]}..."
+            )
         self.objects[key] = bytes(data)
 
     def put_bytes(self, key: str, data: bytes) -> None:

@@ -27,7 +27,14 @@ from typing import Any
 
 from pyops.config import OffsiteConfig
 from pyops.errors import ConfigError
-from pyops.storage import NotFound, ObjectInfo, Progress, StoreError, check_key
+from pyops.storage import (
+    ChecksumMismatch,
+    NotFound,
+    ObjectInfo,
+    Progress,
+    StoreError,
+    check_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +283,7 @@ class S3Store:
         try:
             whole, total, sent = self._send_parts(name, upload_id, parts, progress)
             if whole != sha256:
-                raise OffsiteError(
+                raise ChecksumMismatch(
                     f"upload of {name}: the bytes read have sha256 {whole[:16]}..., the "
                     f"manifest says {sha256[:16]}...: the local file changed; not completed"
                 )

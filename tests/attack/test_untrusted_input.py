@@ -611,9 +611,37 @@ def test_row5_foreign_backups_under_the_prefix_are_never_pruned_or_restored(
     assert proc.returncode == 0, said(proc)
     assert f"backup:      {a_id}" in proc.stderr, said(proc)
     assert notes_in(out) == (50, {"A"})
-    assert repository_id(a) == ours  # adopted from the bucket
     assert bucket(s3) == mixed
     assert [x["id"] for x in b.listing()["backups"]] == [b_id]
+
+
+def test_row5_a_dr_host_adopts_the_identity_in_the_bucket_and_carries_on(
+    tmp_path: Path, s3: S3
+) -> None:
+    """The other side of row 5: a new host with A's config and key and an empty
+    repository is A (no extra step): after `restore --remote` it keeps backing up
+    into the same prefix, and what it fetched is its own, not foreign."""
+    db = notes_db(tmp_path / "app.db", "A")
+    key_file = make_key(tmp_path / "repository.key")
+    site = Site(tmp_path, tmp_path / "repo")
+    site.write(zstd() + s3.config() + sqlite_target("notes", db), key_file=key_file)
+    first = site.backup("notes")
+    ours = repository_id(site)
+
+    shutil.rmtree(site.repo)  # the disaster
+    out = tmp_path / "restored.db"
+    site.ok("restore", "--remote", "--latest", "--target", "notes", "--into", str(out), "--yes")
+    assert notes_in(out) == (50, {"A"})
+    assert (site.repo / "repository.json").exists(), "the adopted identity was not recorded"
+    assert repository_id(site) == ours
+
+    proc = site.run("backup", "--format", "json")  # the new host carries on
+    assert proc.returncode == 0, said(proc)
+    second = json.loads(proc.stdout)["backups"][0]
+    assert second["offsite"], said(proc)
+    listed = site.listing()
+    assert [x["id"] for x in listed["backups"]] == [second["id"], first], listed
+    assert listed["foreign"] == [] and listed["refused"] == [], listed
 
 
 # --- row 6: a second config on the same repository ---------------------------------
