@@ -45,6 +45,7 @@ class App:
     _key: bytes | None = field(default=None, repr=False)
     _key_loaded: bool = field(default=False, repr=False)
     _identity: Identity | None = field(default=None, repr=False)
+    _identity_stored: bool = field(default=False, repr=False)
     _remote: S3Store | None = field(default=None, repr=False)
     _remote_checked: set[bool] = field(default_factory=set, repr=False)
 
@@ -137,31 +138,35 @@ class App:
         return Identity.parse(data, f"{store.describe()} {IDENTITY_KEY}")
 
     def identity(self, create: bool = False) -> Identity | None:
-        """This repository's identity. `create` (under the lock, by commands that write):
-        a repository without one gets one; an empty one on a new host adopts the one it
-        finds in the bucket (the disaster-recovery case)."""
-        if self._identity is not None:
-            return self._identity
-        key = self.key
-        found = self._read_identity(self.local_store())
-        if found is not None and key and found.mac and not found.authentic(key):
-            raise PyopsError(
-                f"{self.repo}/{IDENTITY_KEY} is not authenticated by the repository key: "
-                "it was altered, or repository.key_file belongs to another repository"
-            )
-        if found is None:
-            found = self._adoptable()
-            if found is not None:
-                log.info("adopting repository %s from the bucket", found.repository_id)
-            if create:
-                found = found or new_identity(self.config.host, key)
-                make_private_dir(self.repo)
-                self.local_store().put_bytes(IDENTITY_KEY, found.to_json())
-        self._identity = found
-        return found
+        """This repository's identity. An empty repository on a new host adopts the one
+        it finds in the bucket when it first reads from it (the disaster-recovery case:
+        `restore --remote` records it). `create` (under the lock, by commands that
+        write): the identity is recorded, and a repository without one gets a new one,
+        never another's: a second repository under a used prefix is then refused."""
+        if self._identity is None:
+            self._identity = self._read_identity(self.local_store())
+            self._identity_stored = self._identity is not None
+            key = self.key
+            found = self._identity
+            if found is not None and key and found.mac and not found.authentic(key):
+                raise PyopsError(
+                    f"{self.repo}/{IDENTITY_KEY} is not authenticated by the repository key: "
+                    "it was altered, or repository.key_file belongs to another repository"
+                )
+            if found is None and not create:
+                self._identity = self._adoptable()
+                if self._identity is not None:
+                    log.info("adopting repository %s from the bucket", self._identity.repository_id)
+        if create and not self._identity_stored:
+            self._identity = self._identity or new_identity(self.config.host, self.key)
+            make_private_dir(self.repo)
+            self.local_store().put_bytes(IDENTITY_KEY, self._identity.to_json())
+            self._identity_stored = True
+        return self._identity
 
     def _adoptable(self) -> Identity | None:
-        """The bucket's identity, when this repository holds no backups yet."""
+        """The bucket's identity, when this repository holds no backups yet and the
+        repository key (if any) authenticates it."""
         if not self.config.offsite.bucket or any(self.local_store().list()):
             return None
         try:
@@ -171,10 +176,12 @@ class App:
             return None
         key = self.key
         if found is not None and key is not None and not found.authentic(key):
-            raise PyopsError(
-                f"the repository identity in {self.remote_store().describe()} is not "
-                "authenticated by repository.key_file: wrong key, or not your repository"
+            log.warning(
+                "the repository identity in %s is not authenticated by repository.key_file: "
+                "not adopted (another repository's, or the wrong key)",
+                self.remote_store().describe(),
             )
+            return None
         return found
 
     def _catalog(self, store: Store, identity: Identity | None) -> Catalog:
@@ -210,7 +217,9 @@ class App:
             if write:
                 raise PyopsError(
                     f"{message}. Two repositories must not share a prefix: set [repository] "
-                    "host (or [offsite] prefix) to one of this repository's own"
+                    "host (or [offsite] prefix) to one of this repository's own. (A host "
+                    "replacing a lost one adopts the bucket's identity when its empty "
+                    "repository first restores from the bucket: docs/disaster-recovery.md)"
                 )
             log.warning("%s: its backups are listed as foreign and not touched", message)
         self._remote_checked.add(write)
