@@ -9,8 +9,6 @@ random id and, when there is a key, a MAC over it.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import secrets
@@ -19,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pyops.errors import ConfigError, PyopsError
-from pyops.manifest import MAC_PREFIX, REPO_ID_RE
+from pyops.manifest import REPO_ID_RE, mac, mac_matches
 
 IDENTITY_KEY = "repository.json"
 KEY_BYTES = 32
@@ -69,11 +67,11 @@ class Identity:
         return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
     def sealed(self, key: bytes | None) -> Identity:
-        mac = MAC_PREFIX + hmac.new(key, self.body(), hashlib.sha256).hexdigest() if key else ""
-        return Identity(self.repository_id, self.created_at, self.host, mac)
+        sealed_mac = mac(key, self.body()) if key else ""
+        return Identity(self.repository_id, self.created_at, self.host, sealed_mac)
 
     def authentic(self, key: bytes) -> bool:
-        return bool(self.mac) and hmac.compare_digest(self.sealed(key).mac, self.mac)
+        return mac_matches(key, self.body(), self.mac)
 
     def to_json(self) -> bytes:
         return (json.dumps(asdict(self), indent=2, sort_keys=True) + "\n").encode()

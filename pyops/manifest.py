@@ -218,8 +218,17 @@ def check_place(manifest: Manifest, target: str, tier: str, stem: str) -> None:
 # --- authenticity ---------------------------------------------------------------
 
 
+def mac(key: bytes, body: bytes) -> str:
+    """The MAC pyops puts on what it writes (manifests, the repository identity)."""
+    return MAC_PREFIX + hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+def mac_matches(key: bytes, body: bytes, claimed: str) -> bool:
+    return bool(claimed) and hmac.compare_digest(claimed, mac(key, body))
+
+
 def mac_of(key: bytes, manifest: Manifest) -> str:
-    return MAC_PREFIX + hmac.new(key, manifest.canonical(), hashlib.sha256).hexdigest()
+    return mac(key, manifest.canonical())
 
 
 def seal(key: bytes | None, manifest: Manifest) -> Manifest:
@@ -229,4 +238,4 @@ def seal(key: bytes | None, manifest: Manifest) -> Manifest:
 
 
 def authentic(key: bytes, manifest: Manifest) -> bool:
-    return bool(manifest.mac) and hmac.compare_digest(manifest.mac, mac_of(key, manifest))
+    return mac_matches(key, manifest.canonical(), manifest.mac)

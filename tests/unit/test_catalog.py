@@ -9,14 +9,18 @@ import hashlib
 import json
 import os
 import sqlite3
-import subprocess
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fixtures.cli import run_pyops, write_config
+from unit_support import (  # noqa: F401 - live_pid_fixture: the live_pid fixture
+    WHEN,
+    dead_pid,
+    live_pid_fixture,
+    raw_manifest,
+)
 
 from pyops import manifest as mf
 from pyops.catalog import (
@@ -36,7 +40,6 @@ from pyops.storage import StoreError, check_key
 from pyops.storage.local import LocalStore
 from pyops.storage.memory import MemoryStore
 
-WHEN = datetime(2026, 11, 23, 2, 0, 0, tzinfo=UTC)
 A = "app-db.daily.20261123T020000Z"
 B = "app-db.daily.20261124T020000Z"
 KEY = bytes(range(32))
@@ -63,30 +66,12 @@ def manifest(
 ) -> Manifest:
     bid = backup_id(target, tier, when)
     data = payload(bid, size)
-    fields: dict[str, Any] = {
-        "id": bid,
-        "target": target,
-        "type": "postgres",
-        "tier": tier,
-        "host": "web-1",
-        "started_at": when.isoformat(),
-        "finished_at": (when + timedelta(seconds=42)).isoformat(),
-        "duration_s": 42.0,
-        "pyops_version": "0.1.0",
-        "tools": {"pg_dump": "pg_dump (PostgreSQL) 16.4", "zstd": "v1.5.5"},
-        "source": {"database": "app", "server_version": "16.4", "size": 123456},
-        "format": "custom",
-        "compression": {"algorithm": "zstd", "level": 3},
-        "encryption": {"mode": "gpg-public", "recipients": ["ABCDEF0123456789"]},
-        "artifact": {
-            "name": f"{bid}.{ext}",
-            "bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
-        },
-        "content": {"tables": {"public.items": 401}},
+    artifact = {
+        "name": f"{bid}.{ext}",
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
     }
-    fields.update(extra)
-    return Manifest(**fields)
+    return Manifest(**raw_manifest(target, tier, when, ext, **{"artifact": artifact, **extra}))
 
 
 def catalog(
@@ -137,22 +122,6 @@ def refused(listing: Listing) -> dict[str, str]:
 
 def files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if not p.is_dir())
-
-
-def dead_pid() -> int:
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    return proc.pid
-
-
-@pytest.fixture
-def live_pid() -> Iterator[int]:
-    proc = subprocess.Popen(["sleep", "300"])
-    try:
-        yield proc.pid
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 # --------------------------------------------------------------------------- listing

@@ -6,12 +6,12 @@ from __future__ import annotations
 import multiprocessing
 import os
 import stat
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from unit_support import dead_pid, live_pid_fixture  # noqa: F401 - the live_pid fixture
 
 from pyops.fsutil import (
     TEMP_MARK,
@@ -39,24 +39,6 @@ def umask022() -> Iterator[None]:
         yield
     finally:
         os.umask(old)
-
-
-def dead_pid() -> int:
-    """The pid of a process that has exited and been reaped."""
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    return proc.pid
-
-
-@pytest.fixture
-def live_pid() -> Iterator[int]:
-    """The pid of another process that runs for the whole test."""
-    proc = subprocess.Popen(["sleep", "300"])
-    try:
-        yield proc.pid
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def mode(path: Path) -> int:

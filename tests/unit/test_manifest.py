@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from unit_support import WHEN, raw_manifest
 
 from pyops import manifest as mf
 from pyops.errors import PyopsError
@@ -29,42 +30,10 @@ from pyops.manifest import (
     seal,
 )
 
-WHEN = datetime(2026, 11, 23, 2, 0, 0, tzinfo=UTC)
 BID = "app-db.daily.20261123T020000Z"
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
 REPO = "0123456789abcdef0123456789abcdef"
-
-
-def raw_manifest(
-    target: str = "app-db",
-    tier: str = "daily",
-    when: datetime = WHEN,
-    ext: str = "pgdump.zst.gpg",
-    **extra: Any,
-) -> dict[str, Any]:
-    """A manifest as JSON data, the way the backup writes it."""
-    bid = backup_id(target, tier, when)
-    fields: dict[str, Any] = {
-        "id": bid,
-        "target": target,
-        "type": "postgres",
-        "tier": tier,
-        "host": "web-1",
-        "started_at": when.isoformat(),
-        "finished_at": (when + timedelta(seconds=42)).isoformat(),
-        "duration_s": 42.0,
-        "pyops_version": "0.1.0",
-        "tools": {"pg_dump": "pg_dump (PostgreSQL) 16.4", "zstd": "v1.5.5"},
-        "source": {"database": "app", "server_version": "16.4", "size": 123456},
-        "format": "custom",
-        "compression": {"algorithm": "zstd", "level": 3},
-        "encryption": {"mode": "gpg-public", "recipients": ["ABCDEF0123456789"]},
-        "artifact": {"name": f"{bid}.{ext}", "bytes": 2048, "sha256": "ab" * 32},
-        "content": {"tables": {"public.items": 401}},
-    }
-    fields.update(extra)
-    return fields
 
 
 def manifest(**kw: Any) -> Manifest:
