@@ -26,6 +26,7 @@ class Unsafe:
     key: str  # the config key naming it, or the config file itself
     problem: str
     fix: str
+    refuse: bool = True  # as root: refused (exit 2), not only warned about
 
     def __str__(self) -> str:
         return f"{self.key}: {self.path} is {self.problem}; fix: {self.fix}"
@@ -45,7 +46,12 @@ def _chain(path: Path) -> list[Path]:
     return out
 
 
-def check_path(path: Path, key: str, secret: bool, uid: int) -> list[Unsafe]:
+def check_path(
+    path: Path, key: str, secret: bool, uid: int, service_owned: bool = False
+) -> list[Unsafe]:
+    """Problems of one path. `service_owned`: a data directory the service account
+    legitimately owns (the repository): owned by another user is a warning, since
+    that user already writes every backup; writable by group or others is refused."""
     problems = []
     for p in _chain(path):
         try:
@@ -55,7 +61,15 @@ def check_path(path: Path, key: str, secret: bool, uid: int) -> list[Unsafe]:
         if stat.S_ISLNK(st.st_mode):
             continue  # a link's own mode means nothing; where it leads is checked next
         if st.st_uid not in (0, uid):
-            problems.append(Unsafe(p, key, f"owned by uid {st.st_uid}", f"chown {uid} {p}"))
+            problems.append(
+                Unsafe(
+                    p,
+                    key,
+                    f"owned by uid {st.st_uid}",
+                    f"chown {uid} {p}",
+                    refuse=not service_owned,
+                )
+            )
         if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
             mode = "0700" if stat.S_ISDIR(st.st_mode) else "0600"
             problems.append(
@@ -78,17 +92,17 @@ def unsafe_paths(config: Config, uid: int | None = None) -> list[Unsafe]:
     the repository key and the passphrase file."""
     uid = os.geteuid() if uid is None else uid
     repo = config.repository
-    checks: list[tuple[Path | None, str, bool]] = [
-        (config.source, str(config.source), False),
-        (repo.path, "repository.path", False),
-        (repo.state_dir, "repository.state_dir", False),
-        (repo.key_file, "repository.key_file", True),
-        (config.encryption.passphrase_file, "encryption.passphrase_file", True),
+    checks: list[tuple[Path | None, str, bool, bool]] = [
+        (config.source, str(config.source), False, False),
+        (repo.path, "repository.path", False, True),
+        (repo.state_dir, "repository.state_dir", False, True),
+        (repo.key_file, "repository.key_file", True, False),
+        (config.encryption.passphrase_file, "encryption.passphrase_file", True, False),
     ]
     out: list[Unsafe] = []
-    for path, key, secret in checks:
+    for path, key, secret, service_owned in checks:
         if path is not None:
-            out += check_path(path, key, secret, uid)
+            out += check_path(path, key, secret, uid, service_owned)
     return out
 
 
@@ -96,8 +110,9 @@ def enforce(config: Config) -> list[Unsafe]:
     """As root, refuse the first unsafe path (exit 2, naming it and the fix); as
     another user, warn about each. Returns what was found."""
     found = unsafe_paths(config)
-    if found and os.geteuid() == 0:
-        first = found[0]
+    refused = [u for u in found if u.refuse]
+    if refused and os.geteuid() == 0:
+        first = refused[0]
         raise ConfigError(
             first.key, f"{first.path} is {first.problem}: refusing to run as root; fix: {first.fix}"
         )

@@ -87,10 +87,20 @@ else
   say "$config exists; left as it is"
 fi
 run chmod 0600 "$config"
+key="$etc/repository.key"
 
 if [ "$system" -eq 1 ]; then
+  # the service user writes the repository; the config and the repository key stay
+  # root's (root runs restores, and refuses files another user could change), readable
+  # by the service through its group
   run chown -R "$user:$user" "$repo"
-  run chown "$user:$user" "$etc" "$config"
+  run chown "root:$user" "$etc" "$config"
+  run chmod 0750 "$etc"
+  run chmod 0640 "$config"
+  if [ -e "$key" ] || [ "$dry" -eq 1 ]; then
+    run chown "root:$user" "$key"
+    run chmod 0640 "$key"
+  fi
 fi
 
 run env PYOPS_CONFIG="$config" "$venv/bin/pyops" systemd render --dest "$unitdir" \
