@@ -13,10 +13,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pyops import execute
 from pyops.catalog import Catalog
 from pyops.codec import Codec
-from pyops.config import Config, PostgresTarget
+from pyops.config import Config
 from pyops.errors import PyopsError
 from pyops.fsutil import make_private_dir
 from pyops.identity import IDENTITY_KEY, Identity, load_key, new_identity
@@ -28,8 +27,6 @@ if TYPE_CHECKING:
     from pyops.storage.s3 import S3Store
 
 log = logging.getLogger(__name__)
-# pyops itself talks to S3; no child (pg_dump, gpg, zstd, ...) needs these
-AWS_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
 def utcnow() -> datetime:
@@ -48,15 +45,6 @@ class App:
     _identity_stored: bool = field(default=False, repr=False)
     _remote: S3Store | None = field(default=None, repr=False)
     _remote_checked: set[bool] = field(default_factory=set, repr=False)
-
-    def hide_secrets_from_children(self) -> None:
-        """For the pyops process (the CLI): no child inherits a target's password
-        variable or the AWS keys; the one that needs a password gets PGPASSWORD in its
-        own environment. Not done for in-process use, where the environment is not ours."""
-        execute.hide_from_children(
-            [t.password_env for t in self.config.targets if isinstance(t, PostgresTarget)]
-            + list(AWS_SECRETS)
-        )
 
     @property
     def repo(self) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from pyops.errors import PyopsError
@@ -52,11 +52,35 @@ class ArtifactWriter:
         self.temp.unlink(missing_ok=True)
 
 
+NO_ROOM = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large for its file system",
+}
+
+
+def no_room(exc: OSError) -> str | None:
+    """What a write refused for lack of room means ("disk full", ...), else None."""
+    return NO_ROOM.get(exc.errno or 0)
+
+
+def mount_point(path: Path) -> Path:
+    """The mount point of the file system holding `path` (or what would hold it)."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    while not os.path.ismount(path):
+        path = path.parent
+    return path
+
+
 def disk_error(exc: OSError, path: Path) -> PyopsError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    """A write into the repository failed: name the file and its file system."""
+    full = no_room(exc)
+    if full:
         return PyopsError(
-            f"disk full writing {path.name} in {path.parent}: the partial file was removed; "
-            "free space or move the repository, then run again"
+            f"{full} writing {path.name} in {path.parent} (file system {mount_point(path)}): "
+            "the partial file was removed; free space or move the repository, then run again"
         )
     return PyopsError(f"cannot write {path}: {exc.strerror}")
 
@@ -70,16 +94,3 @@ def read_chunks(path: Path, hasher: hashlib._Hash | None = None) -> Iterator[byt
             if hasher is not None:
                 hasher.update(chunk)
             yield chunk
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    for _ in read_chunks(path, h):
-        pass
-    return h.hexdigest()
-
-
-def hashing(chunks: Iterable[bytes], hasher: hashlib._Hash) -> Iterator[bytes]:
-    for chunk in chunks:
-        hasher.update(chunk)
-        yield chunk

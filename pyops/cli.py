@@ -1,7 +1,5 @@
-"""The command line: parsing, output, and the one place errors become exit codes.
-
-Exit codes: 0 success; 1 the operation failed or was aborted (nothing half-done is
-left); 2 usage or configuration error, naming the option or key.
+"""The command line: parsing, output, and the one place errors become exit codes
+(`EXIT_CODES`, which `pyops --help` prints too).
 """
 
 from __future__ import annotations
@@ -17,9 +15,53 @@ import click
 
 from pyops import __version__
 from pyops.commands import Ctx
-from pyops.errors import EXIT_FAILED, EXIT_USAGE, PyopsError, Terminated, os_error_message
+from pyops.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    ConfigError,
+    PyopsError,
+    Terminated,
+    UsageError,
+    os_error_message,
+)
 
 log = logging.getLogger("pyops")
+
+# The one table from how a run ended to its exit code: the first row whose classes
+# match wins. (`pyops health` reports its checks with its own codes: docs/health.md.)
+EXIT_CODES: tuple[tuple[tuple[type[BaseException], ...], int, str], ...] = (
+    (
+        (UsageError, ConfigError, click.UsageError),
+        EXIT_USAGE,
+        "usage or configuration error; the message names the option or config key",
+    ),
+    ((KeyboardInterrupt,), EXIT_INTERRUPTED, "interrupted (SIGINT, Ctrl-C)"),
+    ((Terminated,), EXIT_TERMINATED, "terminated (SIGTERM: systemctl stop, a unit's timeout)"),
+    (
+        (PyopsError, click.ClickException, click.Abort, OSError, Exception),
+        EXIT_FAILED,
+        "the operation failed, or was refused or aborted",
+    ),
+)
+
+
+def exit_code(exc: BaseException) -> int:
+    for classes, code, _ in EXIT_CODES:
+        if isinstance(exc, classes):
+            return code
+    raise exc
+
+
+def exit_codes_help() -> str:
+    rows = sorted([(0, "success"), *((code, meaning) for _, code, meaning in EXIT_CODES)])
+    lines = [f"  {code:<4} {meaning}" for code, meaning in rows]
+    return (
+        "\b\nExit codes (whatever fails, nothing half-done is left behind):\n"
+        + "\n".join(lines)
+        + "\n  pyops health: 0 ok, 1 warning, 2 critical, 3 unknown"
+    )
 
 
 class JsonFormatter(logging.Formatter):
@@ -65,7 +107,11 @@ class LazyGroup(click.Group):
         return command
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=exit_codes_help(),
+)
 @click.option(
     "--config",
     "config_path",
@@ -80,11 +126,7 @@ class LazyGroup(click.Group):
 def cli(
     ctx: click.Context, config_path: str | None, verbose: int, quiet: bool, log_format: str
 ) -> None:
-    """pyops: backups of PostgreSQL, SQLite and files you can restore at 3 a.m.
-
-    Exit codes: 0 success, 1 failed or aborted (nothing half-done left behind),
-    2 usage or configuration error (the message names the option or key).
-    """
+    """pyops: backups of PostgreSQL, SQLite and files you can restore at 3 a.m."""
     setup_logging(verbose, quiet, log_format)
     ctx.obj = Ctx(config_path)
 
@@ -115,28 +157,33 @@ def _terminate(signum: int, frame: object) -> None:
 def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("pyops: aborted; nothing was changed", err=True)
-        sys.exit(EXIT_FAILED)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code)
-    except PyopsError as exc:
-        click.echo(f"pyops: error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    except OSError as exc:
-        click.echo(f"pyops: error: {os_error_message(exc)}", err=True)
-        sys.exit(EXIT_FAILED)
-    except KeyboardInterrupt:
-        click.echo("pyops: interrupted; temp files removed, nothing half-done left", err=True)
-        sys.exit(130)
-    except Terminated:
-        click.echo("pyops: terminated; temp files removed, nothing half-done left", err=True)
-        sys.exit(143)
+        code = cli.main(standalone_mode=False)
     except SystemExit:
         raise
-    except Exception as exc:
-        log.debug("unexpected error", exc_info=True)
+    except BaseException as exc:
+        if isinstance(exc, click.exceptions.Abort) and isinstance(
+            exc.__context__, KeyboardInterrupt
+        ):
+            exc = exc.__context__  # click's stand-in for Ctrl-C inside a command
+        say(exc)
+        sys.exit(exit_code(exc))
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def say(exc: BaseException) -> None:
+    """What ended the run, for the operator."""
+    if isinstance(exc, click.exceptions.Abort):
+        click.echo("pyops: aborted; nothing was changed", err=True)
+    elif isinstance(exc, click.ClickException):
+        exc.show()
+    elif isinstance(exc, PyopsError):
+        click.echo(f"pyops: error: {exc}", err=True)
+    elif isinstance(exc, OSError):
+        click.echo(f"pyops: error: {os_error_message(exc)}", err=True)
+    elif isinstance(exc, KeyboardInterrupt):
+        click.echo("pyops: interrupted; temp files removed, nothing half-done left", err=True)
+    elif isinstance(exc, Terminated):
+        click.echo("pyops: terminated; temp files removed, nothing half-done left", err=True)
+    else:
+        log.debug("unexpected error", exc_info=exc)
         click.echo(f"pyops: unexpected error: {type(exc).__name__}: {exc} (run with -v)", err=True)
-        sys.exit(EXIT_FAILED)

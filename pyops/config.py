@@ -16,7 +16,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pyops.errors import ConfigError
+from pyops import config_rules
+from pyops.errors import ConfigError, UsageError
 
 DEFAULT_LOCATIONS = (Path("pyops.toml"), Path("/etc/pyops/pyops.toml"))
 
@@ -100,6 +101,11 @@ class PostgresTarget:
     )
     jobs: int = opt(1, "pg_dump -j; used by the directory format only (others ignore it)")
     pg_bin_dir: Path | None = opt(None, "where pg_dump lives; default: newest matching")
+    lock_wait_seconds: float = opt(
+        600.0,
+        "longest wait for a table lock another session holds (pg_dump --lock-wait-timeout, "
+        "and pyops' own snapshot session); then the backup fails naming the table and the pid",
+    )
 
 
 @dataclass(frozen=True)
@@ -144,7 +150,11 @@ class MaintenanceConfig:
 
 @dataclass(frozen=True)
 class HealthConfig:
-    disk_min_free_percent: float = opt(10.0, "disk check warns below this")
+    disk_min_free_percent: float = opt(
+        10.0,
+        "disk check warns below this; "
+        "set alone, disk_critical_free_percent follows (docs/health.md)",
+    )
     backup_max_age_hours: float = opt(26.0, "daily backup freshness")
     drill_max_age_days: float = opt(92.0, "drill freshness")
     tls: tuple[str, ...] = opt((), "host:port to check certificate expiry")
@@ -155,27 +165,63 @@ class HealthConfig:
     checks: tuple[str, ...] = opt(
         (), "checks run without --check; empty: every check whose inputs are configured"
     )
-    disk_critical_free_percent: float = opt(5.0, "disk check is critical below this")
+    disk_critical_free_percent: float = opt(
+        5.0,
+        "disk check is critical below this; "
+        "set alone, disk_min_free_percent follows (docs/health.md)",
+    )
     weekly_max_age_days: float = opt(8.0, "weekly backup freshness")
     monthly_max_age_days: float = opt(32.0, "monthly backup freshness")
     backup_size_min_ratio: float = opt(
         0.5, "backup_size warns when the newest backup is below this x its tier's median"
     )
     timeout_seconds: float = opt(10.0, "timeout of each network check (tls, http, redis, smtp)")
-    tls_warn_days: float = opt(21.0, "tls/smtp: warn when the certificate expires sooner")
-    tls_critical_days: float = opt(7.0, "tls/smtp: critical when the certificate expires sooner")
+    tls_warn_days: float = opt(
+        21.0,
+        "tls/smtp: warn when the certificate expires sooner; "
+        "set alone, tls_critical_days follows (docs/health.md)",
+    )
+    tls_critical_days: float = opt(
+        7.0,
+        "tls/smtp: critical when the certificate expires sooner; "
+        "set alone, tls_warn_days follows (docs/health.md)",
+    )
     tls_ca_file: Path | None = opt(None, "CA bundle for tls, https, smtp, rediss; default: system")
     gpg_expiry_warn_days: float = opt(30.0, "gpg_key warns when a recipient key expires sooner")
     redis_queues: tuple[str, ...] = opt((), "list keys whose LLEN is reported, e.g. celery")
     redis_queue_warn: int = opt(1000, "redis warns when a queue is longer than this")
     redis_memory_warn_percent: float = opt(90.0, "redis warns above this used_memory/maxmemory")
     db_latency_warn_ms: float = opt(1000.0, "database warns when SELECT 1 takes longer")
-    connections_warn_percent: float = opt(80.0, "connections: warn above this % of max_connections")
-    connections_critical_percent: float = opt(95.0, "connections: critical above this %")
-    wraparound_warn_percent: float = opt(50.0, "wraparound: warn above this % of 2^31 (xid age)")
-    wraparound_critical_percent: float = opt(75.0, "wraparound: critical above this % of 2^31")
-    long_running_seconds: float = opt(300.0, "long_running warns about queries running longer")
-    long_running_critical_seconds: float = opt(3600.0, "long_running is critical above this")
+    connections_warn_percent: float = opt(
+        80.0,
+        "connections: warn above this % of max_connections; "
+        "set alone, connections_critical_percent follows (docs/health.md)",
+    )
+    connections_critical_percent: float = opt(
+        95.0,
+        "connections: critical above this %; "
+        "set alone, connections_warn_percent follows (docs/health.md)",
+    )
+    wraparound_warn_percent: float = opt(
+        50.0,
+        "wraparound: warn above this % of 2^31 (xid age); "
+        "set alone, wraparound_critical_percent follows (docs/health.md)",
+    )
+    wraparound_critical_percent: float = opt(
+        75.0,
+        "wraparound: critical above this % of 2^31; "
+        "set alone, wraparound_warn_percent follows (docs/health.md)",
+    )
+    long_running_seconds: float = opt(
+        300.0,
+        "long_running warns about queries running longer; "
+        "set alone, long_running_critical_seconds follows (docs/health.md)",
+    )
+    long_running_critical_seconds: float = opt(
+        3600.0,
+        "long_running is critical above this; "
+        "set alone, long_running_seconds follows (docs/health.md)",
+    )
     blocking_critical_seconds: float = opt(
         300.0, "blocking is critical when a session waits longer (any blocked session warns)"
     )
@@ -216,7 +262,7 @@ class Config:
             if t.name == name:
                 return t
         known = ", ".join(t.name for t in self.targets) or "none configured"
-        raise ConfigError("--target", f"unknown target {name!r} (known: {known})")
+        raise UsageError(f"--target: unknown target {name!r} (known: {known})", "--target")
 
     def select(self, names: typing.Sequence[str]) -> tuple[Target, ...]:
         if not names:
@@ -258,10 +304,20 @@ def load(path: Path) -> Config:
 
 
 def parse(data: dict[str, Any]) -> Config:
-    """Validate a parsed TOML document; every error names its key."""
+    """Validate a parsed TOML document (types here, every other rule in config_rules),
+    with the defaults that derive from what it sets; every error names its key."""
     config = _build(Config, {k: v for k, v in data.items()}, "")
-    _check_rules(config)
-    return config
+    return config_rules.check(config, written_keys(data))
+
+
+def written_keys(data: dict[str, Any]) -> set[str]:
+    """The dotted keys of the document's tables (`health.disk_min_free_percent`)."""
+    return {
+        f"{section}.{key}"
+        for section, body in data.items()
+        if isinstance(body, dict)
+        for key in body
+    }
 
 
 def _replace(config: Config, **changes: Any) -> Config:
@@ -351,75 +407,6 @@ def _build_target(value: Any, key: str) -> Target:
         )
     target: Target = _build(TARGET_TYPES[kind], value, key)
     return target
-
-
-NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
-
-
-def _check_rules(config: Config) -> None:
-    """Rules that span keys or values, beyond types."""
-    seen: set[str] = set()
-    for i, t in enumerate(config.targets):
-        key = f"targets[{i}]"
-        if not t.name or not set(t.name) <= NAME_CHARS:
-            raise ConfigError(f"{key}.name", "use letters, digits, '-' and '_' only")
-        if t.name in seen:
-            raise ConfigError(f"{key}.name", f"duplicate target name {t.name!r}")
-        seen.add(t.name)
-        if isinstance(t, PostgresTarget):
-            _check_dsn(t.dsn, f"{key}.dsn")
-            if t.jobs < 1:
-                raise ConfigError(f"{key}.jobs", "must be at least 1")
-        if isinstance(t, FilesTarget):
-            if not t.paths:
-                raise ConfigError(f"{key}.paths", "list at least one path")
-            for j, p in enumerate(t.paths):
-                if not p.is_absolute():
-                    raise ConfigError(f"{key}.paths[{j}]", f"must be absolute, not {str(p)!r}")
-    enc = config.encryption
-    if enc.mode == "gpg-public" and not enc.recipients:
-        raise ConfigError("encryption.recipients", "gpg-public needs at least one recipient")
-    if enc.mode == "gpg-symmetric" and enc.passphrase_file is None:
-        raise ConfigError("encryption.passphrase_file", "gpg-symmetric needs a passphrase file")
-    comp = config.compression
-    limits = {"zstd": (1, 19), "gzip": (1, 9), "none": (0, 99)}[comp.algorithm]
-    if comp.algorithm != "none" and not limits[0] <= comp.level <= limits[1]:
-        raise ConfigError("compression.level", f"{comp.algorithm} takes {limits[0]}..{limits[1]}")
-    if comp.threads < 0:
-        raise ConfigError("compression.threads", "must be 0 (all cores) or more")
-    for tier in ("daily", "weekly", "monthly", "pre_restore_days"):
-        if getattr(config.retention, tier) < 0:
-            raise ConfigError(f"retention.{tier}", "must not be negative")
-    for i, rule in enumerate(config.maintenance.cleanup):
-        if rule.target not in seen:
-            raise ConfigError(f"maintenance.cleanup[{i}].target", f"unknown target {rule.target!r}")
-    if config.offsite.concurrency < 1:
-        raise ConfigError("offsite.concurrency", "must be at least 1")
-    if config.offsite.object_lock_days < 0:
-        raise ConfigError("offsite.object_lock_days", "must not be negative")
-    if config.offsite.sse == "aws:kms" and not config.offsite.kms_key_id:
-        raise ConfigError("offsite.kms_key_id", "sse = 'aws:kms' needs a key id")
-    from pyops import metrics, notify
-    from pyops.health import settings as health_settings
-
-    health_settings.validate(config)
-    notify.validate(config)
-    metrics.validate(config)
-
-
-def _check_dsn(dsn: str, key: str) -> None:
-    from psycopg.conninfo import conninfo_to_dict
-
-    try:
-        parts = conninfo_to_dict(dsn)
-    except Exception as exc:  # psycopg raises ProgrammingError with the parse error
-        raise ConfigError(key, f"not a valid connection string: {exc}") from None
-    if parts.get("password"):
-        raise ConfigError(
-            key, "contains a password; use password_env, ~/.pgpass or PGPASSFILE instead"
-        )
-    if not parts.get("dbname"):
-        raise ConfigError(key, "names no database (add /DBNAME or dbname=...)")
 
 
 # --- presentation ------------------------------------------------------------

@@ -1,29 +1,37 @@
-"""The error hierarchy. `cli.py` is the only place that turns these into exit codes.
+"""The error hierarchy. `cli.EXIT_CODES` is the one table that turns these into exit
+codes; the names below are for commands that end with SystemExit themselves.
 
 Every message is written for the operator at 3 a.m.: what went wrong and what to do.
 """
 
 from __future__ import annotations
 
-EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 class PyopsError(Exception):
     """An operation failed or was refused; nothing half-done was left behind."""
 
-    exit_code = EXIT_FAILED
-
 
 class ConfigError(PyopsError):
-    """The configuration (or the command line) is wrong; the message names the key."""
-
-    exit_code = EXIT_USAGE
+    """The configuration is wrong; the message names the key."""
 
     def __init__(self, key: str, problem: str) -> None:
         super().__init__(f"config: {key}: {problem}")
         self.key = key
+
+
+class UsageError(PyopsError):
+    """The command line asks for something pyops cannot do as given, found after click
+    parsed it (a --target the config lacks, --latest among several targets); the
+    message names the option."""
+
+    def __init__(self, message: str, option: str) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 class ToolMissing(PyopsError):
@@ -71,12 +79,14 @@ def os_error_message(exc: OSError) -> str:
     """An OSError as the operator needs it: what failed, on which path, what to do."""
     import errno
 
-    where = f" {exc.filename}" if exc.filename else ""
+    where = f": {exc.filename}" if exc.filename else ""
     hint = {
         errno.EROFS: "the file system is read-only: check mounts or the unit's ReadWritePaths=",
         errno.EACCES: "permission denied: check ownership and modes (repository 0700, pyops user)",
         errno.EPERM: "not permitted: check ownership and the service's sandboxing",
-        errno.ENOSPC: "disk full: free space or move the repository",
+        errno.ENOSPC: "disk full: free space on the file system holding that path"
+        if exc.filename
+        else "disk full: free space where pyops writes (repository, scratch, destination)",
         errno.ENOTDIR: "a file stands where a directory should be",
     }.get(exc.errno or 0, "check the path and its permissions")
-    return f"{exc.strerror or exc}:{where}: {hint}"
+    return f"{exc.strerror or exc}{where}: {hint}"

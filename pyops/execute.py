@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import shlex
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -38,6 +38,7 @@ PACKAGES = {
     "pg_restore": "postgresql-client",
     "psql": "postgresql-client",
     "gpg": "gnupg",
+    "gpg-connect-agent": "gnupg",
     "zstd": "zstd",
     "gzip": "gzip",
     "sqlite3": "sqlite3",
@@ -78,28 +79,6 @@ def resolve(program: str) -> Any:
         ) from None
 
 
-_hidden: dict[str, str] = {}
-
-
-def hide_from_children(names: Iterable[str]) -> None:
-    """Move variables (a target's password_env) out of the environment every child
-    inherits (ours, plumbum's, python-gnupg's); `hidden(name)` still reads them, and
-    the one child that needs a secret gets it through its Stage.env."""
-    for name in names:
-        if name and name in os.environ:
-            _hidden[name] = os.environ.pop(name)
-    if "plumbum" in sys.modules:
-        from plumbum import local
-
-        for name in _hidden:
-            if name in local.env:
-                del local.env[name]
-
-
-def hidden(name: str) -> str | None:
-    return _hidden.get(name, os.environ.get(name))
-
-
 class Running:
     """Processes of a started pipeline; `stdin`/`stdout` are pyops' ends, if any."""
 
@@ -109,6 +88,9 @@ class Running:
         self.errs = errs
         self.stdin: IO[bytes] | None = procs[0].stdin if procs else None
         self.stdout: IO[bytes] | None = procs[-1].stdout if procs else None
+        # what stages that exited with an accepted non-zero status said (`finish`)
+        self.warnings: list[str] = []
+        self._drainer: Callable[[], None] | None = None  # join() of `drain_when_done`
 
     @property
     def pids(self) -> list[int]:
@@ -123,31 +105,59 @@ class Running:
 
     def feed(self, chunks: Iterable[bytes]) -> None:
         """Write into the first stage's stdin; a dead reader ends the feed quietly
-        (its exit status tells the story in `finish`)."""
+        (its exit status tells the story in `finish`).
+
+        A first stage that exited successfully without reading everything (pg_restore
+        stops before a tar archive's end) does not end the reading: the rest of
+        `chunks` is still consumed, so a checksum taken over them covers every byte of
+        the artifact. One that failed does: there is no point reading on."""
         assert self.stdin is not None
         fd = self.stdin.fileno()
+        rest = iter(chunks)
         try:
-            for chunk in chunks:
+            for chunk in rest:
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(fd, view) :]
         except BrokenPipeError:
-            pass
-        finally:
             self.stdin.close()
             self.stdin = None
+            if self.procs[0].wait() in self.stages[0].ok_codes:
+                for _ in rest:
+                    pass
+        finally:
+            if self.stdin is not None:
+                self.stdin.close()
+                self.stdin = None
+
+    def drain_when_done(self, pipe: IO[bytes]) -> None:
+        """`pipe` is pyops' copy of the read end feeding the last stage. Once that stage
+        has exited with an accepted status, read what it left unread (pg_restore stops
+        before a tar archive's end), so the stages before it run to their end and
+        check their whole input (zstd's frame checksum, gpg's MDC) instead of dying of
+        SIGPIPE. If it failed, close the pipe at once: they get SIGPIPE and stop."""
+        last, stage = self.procs[-1], self.stages[-1]
+        try:
+            if last.wait() in stage.ok_codes:
+                fd, left = pipe.fileno(), 0
+                while chunk := os.read(fd, CHUNK):
+                    left += len(chunk)
+                if left:
+                    log.debug(
+                        "%s finished before its input did: drained %d bytes", stage.name, left
+                    )
+        finally:
+            pipe.close()
+
+    def _join_drainer(self) -> None:
+        if self._drainer is not None:
+            join, self._drainer = self._drainer, None
+            join()
 
     def kill(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        _terminate(self.procs)
+        with contextlib.suppress(Exception):
+            self._join_drainer()  # every writer is gone: it reaches end of file
         self._close()
 
     def finish(self) -> None:
@@ -155,13 +165,22 @@ class Running:
         if self.stdin is not None:
             self.stdin.close()
             self.stdin = None
-        codes = [proc.wait() for proc in self.procs]
+        codes: list[int] = []
+        for i, proc in enumerate(self.procs):
+            codes.append(proc.wait())
+            if codes[i] not in self.stages[i].ok_codes and not _sigpipe(codes[i]):
+                # the stream is broken from here on, and a tool reading a cut stream may
+                # never end (pg_restore spins on a cut tar archive): stop the rest
+                _terminate(self.procs[i + 1 :])
         try:
+            self._join_drainer()
             failed = [(i, rc) for i, rc in enumerate(codes) if rc not in self.stages[i].ok_codes]
             if failed:
                 i, rc = root_cause(failed)
                 raise StageFailed(self.stages[i].name, rc, _tail(self.errs[i]))
-            for stage, err in zip(self.stages, self.errs, strict=True):
+            for stage, err, rc in zip(self.stages, self.errs, codes, strict=True):
+                if rc != 0:  # an accepted non-zero status: the tool warned (tar: exit 1)
+                    self.warnings += _lines(err, stage.name)
                 text = _tail(err)
                 if text:
                     log.debug("%s said: %s", stage.name, text)
@@ -178,9 +197,38 @@ class Running:
 def root_cause(failed: list[tuple[int, int]]) -> tuple[int, int]:
     """The upstream-most failure that is not a mere SIGPIPE from a dead reader."""
     for i, rc in failed:
-        if rc not in (-signal.SIGPIPE, 128 + signal.SIGPIPE):
+        if not _sigpipe(rc):
             return i, rc
     return failed[0]
+
+
+def _sigpipe(rc: int) -> bool:
+    return rc in (-signal.SIGPIPE, 128 + signal.SIGPIPE)
+
+
+def _terminate(procs: list[Any]) -> None:
+    """SIGTERM whatever still runs, SIGKILL what has not ended 5 s later; reap all."""
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _lines(err: IO[bytes], name: str, limit: int = 1 << 20, most: int = 100) -> list[str]:
+    """The first `most` lines a stage wrote to stderr, each as `name: line`."""
+    err.seek(0)
+    text = err.read(limit).decode("utf-8", "replace")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    out = [ln if ln.startswith(f"{name}: ") else f"{name}: {ln}" for ln in lines[:most]]
+    if len(lines) > most:
+        out.append(f"{name}: ... and {len(lines) - most} more lines")
+    return out
 
 
 def _tail(err: IO[bytes], limit: int = 2000) -> str:
@@ -199,9 +247,13 @@ def _widen(pipe: IO[bytes] | None) -> None:
             fcntl.fcntl(pipe.fileno(), F_SETPIPE_SZ, CHUNK)
 
 
-def start(stages: list[Stage], *, stdin: Any = DEVNULL, stdout: Any = PIPE) -> Running:
+def start(
+    stages: list[Stage], *, stdin: Any = DEVNULL, stdout: Any = PIPE, drain: bool = False
+) -> Running:
     """Start `stages` joined by pipes. `stdin`/`stdout` are PIPE (pyops' end), an fd,
-    or DEVNULL."""
+    or DEVNULL. `drain`: the last stage is a consumer that may stop reading before the
+    end of a valid stream (pg_restore and a tar archive); what it leaves is read by
+    pyops once it has succeeded (`Running.drain_when_done`), never judged a failure."""
     commands = [resolve(s.argv[0]) for s in stages]
     procs: list[Any] = []
     errs: list[IO[bytes]] = []
@@ -224,7 +276,10 @@ def start(stages: list[Stage], *, stdin: Any = DEVNULL, stdout: Any = PIPE) -> R
                 bufsize=0,
             )
             procs.append(proc)
-            if n > 0 and upstream is not None and hasattr(upstream, "close"):
+            if last and drain and n > 0:
+                # pyops keeps a read end too, to drain it once the last stage succeeded
+                running._drainer = in_thread(functools.partial(running.drain_when_done, upstream))
+            elif n > 0 and upstream is not None and hasattr(upstream, "close"):
                 upstream.close()  # only the child keeps the read end: SIGPIPE works
             upstream = proc.stdout
             if n == 0:
@@ -239,9 +294,11 @@ def start(stages: list[Stage], *, stdin: Any = DEVNULL, stdout: Any = PIPE) -> R
 
 
 @contextlib.contextmanager
-def pipeline(stages: list[Stage], *, stdin: Any = DEVNULL, stdout: Any = PIPE) -> Iterator[Running]:
+def pipeline(
+    stages: list[Stage], *, stdin: Any = DEVNULL, stdout: Any = PIPE, drain: bool = False
+) -> Iterator[Running]:
     """Run a pipeline; on any exception inside the block every stage is killed."""
-    running = start(stages, stdin=stdin, stdout=stdout)
+    running = start(stages, stdin=stdin, stdout=stdout, drain=drain)
     try:
         yield running
     except BaseException:

@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pyops.config import Config
-from pyops.errors import ConfigError, PyopsError
+from pyops.errors import PyopsError
 from pyops.fsutil import make_private_dir, write_atomic
 from pyops.manifest import parse_id
 
@@ -83,12 +82,6 @@ def render(families: Iterable[Family]) -> list[str]:
 # --- the textfile -------------------------------------------------------------------
 
 
-def validate(config: Config) -> None:
-    directory = config.metrics.textfile_dir
-    if directory and not Path(directory).is_absolute():
-        raise ConfigError("metrics.textfile_dir", f"must be an absolute path, not {directory!r}")
-
-
 def write_textfile(app: App, name: str, lines: list[str]) -> Path | None:
     """Atomically write <textfile_dir>/pyops_<name>.prom; None when no dir is set."""
     directory = app.config.metrics.textfile_dir
@@ -139,12 +132,14 @@ def _merge_run(results: list[dict[str, Any]], now: float) -> dict[str, dict[str,
     for result in results:
         target, tier = _where(result)
         entry = out.setdefault(
-            f"{target}\t{tier}", {"last_run": now, "ok": 1.0, "duration": 0.0, "bytes": 0.0}
+            f"{target}\t{tier}",
+            {"last_run": now, "ok": 1.0, "duration": 0.0, "bytes": 0.0, "warnings": 0.0},
         )
         if not result.get("ok"):
             entry["ok"] = 0.0
         entry["duration"] += float(result.get("duration_s") or result.get("rto_s") or 0)
         entry["bytes"] += float(result.get("bytes") or 0)
+        entry["warnings"] += float(len(result.get("warnings") or ()))
     for entry in out.values():
         if entry["ok"]:
             entry["last_success"] = now
@@ -161,6 +156,10 @@ def run_families(command: str, state: dict[str, dict[str, float]]) -> list[Famil
         ),
         "duration": Family(f"{p}_last_duration_seconds", f"How long the last {command} took."),
         "bytes": Family(f"{p}_last_bytes", f"Bytes the last {command} handled."),
+        "warnings": Family(
+            f"{p}_last_warnings",
+            f"Warnings of the last {command} (e.g. files that changed while read).",
+        ),
     }
     for key in sorted(state):
         target, _, tier = key.partition("\t")

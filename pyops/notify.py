@@ -15,8 +15,6 @@ from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 from pyops import __version__
-from pyops.config import Config
-from pyops.errors import ConfigError
 
 if TYPE_CHECKING:
     from pyops.app import App
@@ -25,13 +23,6 @@ log = logging.getLogger(__name__)
 Event = Literal["start", "success", "failure"]
 TIMEOUT = 10.0
 MAX_BODY = 10_000
-
-
-def validate(config: Config) -> None:
-    for key in ("on_start", "on_success", "on_failure"):
-        url = getattr(config.notify, key)
-        if url and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname):
-            raise ConfigError(f"notify.{key}", "expected an http:// or https:// URL")
 
 
 def redact(url: str) -> str:

@@ -2,9 +2,10 @@
 
 The `schedule` package drives a tick every 30 seconds; each tick asks the shared
 calendar (pyops.calendar) which jobs fell due since they last ran, and runs them
-one at a time as child processes. The same rule catches up a run missed while
-the scheduler was down, once (like systemd's Persistent=true). SIGTERM lets the
-running job finish, then the loop exits 0.
+one at a time as child processes, each handed the secrets its command needs (the
+scheduler, like every pyops process, withholds them from its children). The same
+rule catches up a run missed while the scheduler was down, once (like systemd's
+Persistent=true). SIGTERM lets the running job finish, then the loop exits 0.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from typing import Any
 
 import schedule
 
+from pyops import secrets
 from pyops.calendar import Job
+from pyops.config import Config
 from pyops.fsutil import make_private_dir, write_atomic
 
 log = logging.getLogger(__name__)
@@ -31,11 +34,34 @@ Runner = Callable[[Job], int]
 TICK_SECONDS = 30
 
 
-def run_as_child(config: Path) -> Runner:
+# what each job's command reads of the secrets the scheduler withheld from its own
+# children (pyops.secrets): the databases' passwords, the bucket's AWS keys
+USES: dict[str, frozenset[str]] = {
+    "backup": frozenset({"database", "bucket"}),  # pg_dump; the offsite upload
+    "maintenance": frozenset({"database"}),
+    "health": frozenset({"database", "bucket"}),  # database checks; the s3 check
+    "drill": frozenset({"database", "bucket"}),  # restores into scratch; --remote, DR adoption
+}
+
+
+def job_secrets(job: Job, config: Config) -> list[str]:
+    """The secret variables `job` needs: exactly those, no others."""
+    uses = USES[job.args[0]]
+    wanted = secrets.passwords(config) if "database" in uses else []
+    if "bucket" in uses and config.offsite.bucket:
+        wanted += secrets.AWS_KEYS
+    return wanted
+
+
+def run_as_child(config_path: Path, config: Config) -> Runner:
+    """Each job is `pyops --config PATH ...`, with our environment plus the secrets it
+    needs (ours were withheld from every child at start-up)."""
+
     def run(job: Job) -> int:
-        argv = [sys.executable, "-m", "pyops", "--config", str(config), *job.args]
+        argv = [sys.executable, "-m", "pyops", "--config", str(config_path), *job.args]
         log.info("schedule: starting %s", job.name)
-        code = subprocess.run(argv, check=False).returncode
+        env = secrets.environment(job_secrets(job, config))
+        code = subprocess.run(argv, env=env, check=False).returncode
         log.info("schedule: %s finished with exit code %d", job.name, code)
         return code
 

@@ -43,37 +43,59 @@ class IterReader(io.RawIOBase):
 
 
 class Checksum:
-    """sha256 of what passes through, compared with the manifest at the end."""
+    """sha256 of what passes through, compared with the manifest at the end.
+
+    `through` compares as soon as the last chunk has passed, and raises VerifyFailed
+    from the stream itself: whoever feeds a tool stops there, so no tool is waited
+    for on a stream known to be bad (pg_restore never ends on a cut tar archive).
+    `check` says the same again for callers that compare explicitly."""
 
     def __init__(self, manifest: Manifest) -> None:
         self.manifest = manifest
         self.hash = hashlib.sha256()
         self.bytes = 0
+        self.failed: VerifyFailed | None = None  # the verdict, once it was negative
 
     def through(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
         for chunk in chunks:
             self.hash.update(chunk)
             self.bytes += len(chunk)
             yield chunk
+        self.check()
 
     def check(self) -> None:
         got = self.hash.hexdigest()
         if self.bytes != self.manifest.size:
-            raise VerifyFailed(
+            self.failed = VerifyFailed(
                 f"{self.manifest.id}: artifact is {self.bytes} bytes, manifest says "
                 f"{self.manifest.size} (truncated or replaced)"
             )
-        if got != self.manifest.sha256:
-            raise VerifyFailed(
+        elif got != self.manifest.sha256:
+            self.failed = VerifyFailed(
                 f"{self.manifest.id}: sha256 mismatch (artifact {got[:16]}..., manifest "
                 f"{self.manifest.sha256[:16]}...): the file was altered or damaged"
             )
+        if self.failed is not None:
+            raise self.failed
+
+
+def checksum(manifest: Manifest, chunks: Iterable[bytes]) -> None:
+    """Read every chunk; VerifyFailed unless size and sha256 match the manifest."""
+    for _ in Checksum(manifest).through(chunks):
+        pass
 
 
 def into_tool(chunks: Iterable[bytes], stages: list[Stage], stdout: int = DEVNULL) -> None:
     """Feed `chunks` through `stages` (decoders plus a consuming tool); raise if any
-    stage failed."""
-    with pipeline(stages, stdin=PIPE, stdout=stdout) as running:
+    stage failed.
+
+    The consuming tool may stop reading before the end of a valid stream (pg_restore
+    stops before a tar archive's trailing blocks). Once it has exited successfully,
+    what it left is drained: the decoders still decode (and check) everything, and
+    every one of `chunks` is still read, so the caller's checksum covers the whole
+    artifact. A cut or altered stream therefore still fails, by the decoder's exit
+    status or by the checksum; a valid one never dies of SIGPIPE."""
+    with pipeline(stages, stdin=PIPE, stdout=stdout, drain=True) as running:
         running.feed(chunks)
 
 

@@ -23,9 +23,9 @@ import os
 import stat
 import tarfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from pyops.errors import PyopsError
 
@@ -66,6 +66,9 @@ class Tally:
 
     files: int = 0  # regular files (hard links not counted)
     bytes: int = 0  # sum of regular file sizes
+    # what could not be restored as archived (an extended attribute or ACL the file
+    # system or this user cannot set): said in the result, never silent
+    warnings: list[str] = field(default_factory=list)
 
 
 class Readable(Protocol):
@@ -95,6 +98,7 @@ def extract(fileobj: Readable, roots: Sequence[str], route: Callable[[str], Path
         writer.finish()
     finally:
         writer.close()
+    tally.warnings = writer.warnings
     return tally
 
 
@@ -393,6 +397,38 @@ def _open_dir(name: str | Path, dir_fd: int | None, shown: Path, member: str) ->
         ) from exc
 
 
+MAX_WARNINGS = 100
+_XATTR = "SCHILY.xattr."
+
+
+def xattrs(member: tarfile.TarInfo) -> list[tuple[str, bytes]]:
+    """A member's extended attributes as GNU tar --xattrs stores them (pax headers),
+    the raw bytes given back as they were read (surrogateescape)."""
+    return [
+        (key[len(_XATTR) :], value.encode("utf-8", "surrogateescape"))
+        for key, value in member.pax_headers.items()
+        if key.startswith(_XATTR)
+    ]
+
+
+def _write_sparse(fd: int, raw: Any, member: tarfile.TarInfo) -> None:
+    """Only the data segments of a sparse member; the holes stay holes (seek, then
+    set the length), so a 200 MiB sparse file does not come back as 200 MiB. `raw` is
+    tarfile's member reader under its buffer: it seeks forward in a stream."""
+    segments: list[tuple[int, int]] = list(member.sparse or ())  # type: ignore[arg-type]
+    for offset, size in segments:
+        raw.seek(offset)
+        os.lseek(fd, offset, os.SEEK_SET)
+        left = size
+        while left > 0:
+            chunk = raw.read(min(CHUNK, left))
+            if not chunk:
+                raise UnsafeArchive(member.name, "sparse member ends early")
+            _write_all(fd, chunk)
+            left -= len(chunk)
+    os.ftruncate(fd, member.size)
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -411,8 +447,24 @@ class _Writer:
         # members arrive directory by directory: keep the last parent open
         self._parent_key: tuple[str, tuple[str, ...]] | None = None
         self._parent_fd = -1
-        self._dirs: dict[tuple[str, tuple[str, ...]], tuple[int, float, int, int]] = {}
+        self._dirs: dict[
+            tuple[str, tuple[str, ...]], tuple[int, float, int, int, list[tuple[str, bytes]]]
+        ] = {}
         self._chown = os.geteuid() == 0
+        self.warnings: list[str] = []
+
+    def _set_xattrs(self, fd: int, attrs: list[tuple[str, bytes]], shown: Path) -> None:
+        """Extended attributes, POSIX ACLs among them (`system.posix_acl_*`, kept raw
+        by GNU tar --xattrs --acls). One that cannot be set is a warning, not a
+        failure: the data is there, and the result says what is missing."""
+        for name, value in attrs:
+            try:
+                os.setxattr(fd, name, value)
+            except OSError as exc:
+                if len(self.warnings) < MAX_WARNINGS:
+                    self.warnings.append(
+                        f"{shown}: extended attribute {name} not restored: {exc.strerror}"
+                    )
 
     def _path(self, root: str, rest: tuple[str, ...] = ()) -> Path:
         base = self._paths.get(root)
@@ -502,6 +554,7 @@ class _Writer:
             member.mtime,
             member.uid,
             member.gid,
+            xattrs(member),
         )
 
     def _put_file(self, plan: _Plan, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
@@ -516,11 +569,15 @@ class _Writer:
             data = tar.extractfile(member)
             if data is None:  # isreg() members always have data; keeps mypy honest
                 raise UnsafeArchive(member.name, "no data for a regular file")
-            while chunk := data.read(CHUNK):
-                _write_all(fd, chunk)
+            if member.sparse:
+                _write_sparse(fd, data.raw, member)  # type: ignore[attr-defined]
+            else:
+                while chunk := data.read(CHUNK):
+                    _write_all(fd, chunk)
             if self._chown:  # before chmod: chown clears setuid/setgid
                 os.fchown(fd, member.uid, member.gid)
             os.fchmod(fd, member.mode & 0o7777)
+            self._set_xattrs(fd, xattrs(member), self._path(plan.root, plan.rest))
             os.utime(fd, (member.mtime, member.mtime))
         finally:
             os.close(fd)
@@ -551,7 +608,7 @@ class _Writer:
         """Directory owners, modes and mtimes, deepest first: a parent made read-only
         or given its mtime before its children would block or undo their updates."""
         self._drop_parent()
-        for (root, rest), (mode, mtime, uid, gid) in sorted(
+        for (root, rest), (mode, mtime, uid, gid, attrs) in sorted(
             self._dirs.items(), key=lambda item: len(item[0][1]), reverse=True
         ):
             name = "/".join((root, *rest))
@@ -561,6 +618,7 @@ class _Writer:
                     if self._chown:
                         os.fchown(fd, uid, gid)
                     os.fchmod(fd, mode)
+                    self._set_xattrs(fd, attrs, self._path(root, rest))
                     os.utime(fd, (mtime, mtime))
                 finally:
                     os.close(fd)

@@ -17,6 +17,9 @@ rm -rf "$run"
 mkdir -p "$run/app" "$run/gnupg"
 chmod 700 "$run/gnupg"
 export GNUPGHOME="$run/gnupg"
+# gpg starts an agent for this home; leave nothing running, however the demo ends
+stop_agent() { gpgconf --homedir "$run/gnupg" --kill all >/dev/null 2>&1 || true; }
+trap stop_agent EXIT
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 say() { printf '$ %s\n' "$*"; }

@@ -104,7 +104,9 @@ case "$INNER" in
       stream > "$scratch/dump"
       pg_restore --exit-on-error --jobs "$jobs" -d "$dbname" "$scratch/dump"
     else
-      stream | pg_restore --exit-on-error -d "$dbname"
+      # pg_restore stops before a tar archive's end: once it succeeded, read the rest,
+      # so the decoders finish (and check it) instead of dying of SIGPIPE
+      stream | { pg_restore --exit-on-error -d "$dbname" && cat > /dev/null; }
     fi ;;
   sql)
     [ -n "$dbname" ] || die "--dbname NEW is required for a PostgreSQL dump"

@@ -50,6 +50,7 @@ class BackupResult:
     error: str | None = None
     offsite: bool = False
     pruned: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -95,6 +96,7 @@ def backup_target(app: App, target: Target, tier: str) -> Manifest:
     artifact = app.local_store().path(f"{target.name}/{tier}/{name}", create_dirs=True)
     compression, encryption = codec.describe()
     log.info("backup %s: starting (%s)", backup_id, target.type)
+    warnings: list[str] = []
     with app.scratch(backup_id) as scratch, source.dump(target, scratch) as dump:
         writer = ArtifactWriter(artifact)
         try:
@@ -112,6 +114,7 @@ def backup_target(app: App, target: Target, tier: str) -> Manifest:
                             ):
                                 for chunk in run.chunks():
                                     writer.write(chunk)
+                        warnings = run.warnings  # e.g. tar: a file changed as it was read
                     finally:
                         if stdin:
                             stdin.close()
@@ -144,7 +147,10 @@ def backup_target(app: App, target: Target, tier: str) -> Manifest:
         encryption=encryption,
         artifact={"name": name, "bytes": size, "sha256": sha},
         content=content,
+        warnings=warnings,
     )
+    for warning in warnings:
+        log.warning("backup %s: %s", backup_id, warning)
     try:
         local.write_manifest(manifest)
     except BaseException:
@@ -187,7 +193,13 @@ def run(
             )
             continue
         result = BackupResult(
-            target.name, True, manifest.id, tier, manifest.size, manifest.duration_s
+            target.name,
+            True,
+            manifest.id,
+            tier,
+            manifest.size,
+            manifest.duration_s,
+            warnings=list(manifest.warnings),
         )
         results.append(result)
         tiers = [tier, "pre-restore"]

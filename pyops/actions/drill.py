@@ -75,11 +75,12 @@ def _scratch_place(app: App, target: Target, backup: Backup, stamp: str) -> str:
 
 def _check_postgres(target: PostgresTarget, database: str, backup: Backup) -> dict[str, Any]:
     """Exact row counts of every table of the scratch database against the manifest."""
-    from pyops.sources import postgres
+    from pyops.pgfacts import server, session
 
-    with postgres.connect(target, database) as conn:
-        tables = [(str(s), str(t)) for s, t in conn.execute(postgres.TABLES).fetchall()]
-        counts = postgres.count_rows(conn, tables)
+    limits = session.restore(target.lock_wait_seconds)
+    with session.connect(target, limits, purpose="drill", db=database) as conn:
+        tables = [(s, t) for s, t, _ in server.tables(conn)]
+        counts = server.count_rows(conn, tables)
     diff = compare_content(backup.manifest.content, {"tables": counts})
     if diff:
         raise VerifyFailed(f"{backup.id}: restored content differs: {'; '.join(diff[:5])}")

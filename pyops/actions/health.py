@@ -8,13 +8,14 @@ import logging
 
 from pyops import metrics
 from pyops.app import App
+from pyops.config_rules import CHECK_NAMES
 from pyops.errors import PyopsError
-from pyops.health import registry, render, settings
+from pyops.health import registry, render
 from pyops.health.context import Context
 from pyops.health.render import Report
 
 log = logging.getLogger(__name__)
-NAMES = settings.CHECK_NAMES
+NAMES = CHECK_NAMES
 
 
 def run(app: App, names: tuple[str, ...] = ()) -> Report:

@@ -14,11 +14,14 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from pyops import retention
 from pyops.app import App
 from pyops.catalog import Backup, Catalog
+from pyops.fsutil import make_private_dir, write_atomic
+from pyops.manifest import ID_RE
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,38 @@ class PruneRow:
 
 def policy(app: App) -> retention.Policy:
     r = app.config.retention
-    return retention.Policy(r.daily, r.weekly, r.monthly, r.pre_restore_days)
+    return retention.Policy(
+        r.daily,
+        r.weekly,
+        r.monthly,
+        r.pre_restore_days,
+        min_size_ratio=app.config.health.backup_size_min_ratio,
+    )
+
+
+def _accepted_dir(app: App) -> Path:
+    return app.state / "accepted"
+
+
+def accepted(app: App) -> set[str]:
+    """Backups whose unusual size the operator accepted (`prune --accept ID`)."""
+    directory = _accepted_dir(app)
+    if not directory.is_dir():
+        return set()
+    return {p.name for p in directory.iterdir() if ID_RE.match(p.name)}
+
+
+def accept(app: App, catalog: Catalog, ids: Sequence[str]) -> None:
+    """Accept the size of these backups: from now on they count toward retention."""
+    for backup_id in ids:
+        backup = catalog.find(backup_id)  # validated: an id of a backup that exists
+        make_private_dir(_accepted_dir(app))
+        write_atomic(_accepted_dir(app) / backup.id, backup.manifest.sha256.encode())
+        log.info(
+            "prune: %s accepted at %d bytes: it now counts toward retention",
+            backup.id,
+            backup.manifest.size,
+        )
 
 
 def plan(
@@ -54,8 +88,16 @@ def plan(
             ", ".join(r.key for r in listing.foreign),
         )
     backups = {b.id: b for b in listing.backups}
+    ok = accepted(app)
     items = [
-        retention.Item(b.id, b.manifest.target, b.manifest.tier, b.manifest.started)
+        retention.Item(
+            b.id,
+            b.manifest.target,
+            b.manifest.tier,
+            b.manifest.started,
+            size=b.manifest.size,
+            accepted=b.id in ok,
+        )
         for b in backups.values()
     ]
     decisions = retention.apply(items, policy(app), app.clock(), tiers)
@@ -81,8 +123,11 @@ def run(
     tiers: Sequence[str] | None,
     dry_run: bool,
     remote: bool = False,
+    accept_ids: Sequence[str] = (),
 ) -> list[PruneRow]:
     catalog = app.remote(write=not dry_run) if remote else app.local(write=not dry_run)
+    if accept_ids:
+        accept(app, catalog, accept_ids)
     where = "prune --remote" if remote else "prune"
     rows = []
     for target in targets:

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 
 from pyops.app import App
 from pyops.config import PostgresTarget
-from pyops.errors import ConfigError, PyopsError
+from pyops.errors import ConfigError, PyopsError, UsageError
+from pyops.pgfacts import Thresholds
 from pyops.report import context, registry
 from pyops.report.model import Section
 from pyops.sources import postgres
@@ -43,23 +44,20 @@ def select(app: App, names: Sequence[str]) -> list[PostgresTarget]:
     for name in dict.fromkeys(names):
         target = app.config.target(name)
         if not isinstance(target, PostgresTarget):
-            raise ConfigError(
+            raise UsageError(
+                f"--target: target {name!r} is a {target.type} target: db report reads "
+                "PostgreSQL targets only",
                 "--target",
-                f"target {name!r} is a {target.type} target: db report reads PostgreSQL "
-                "targets only",
             )
         out.append(target)
     return out
 
 
-def options(app: App, long_running_seconds: float) -> context.Options:
-    health = app.config.health
+def options(app: App, long_running_seconds: float | None) -> context.Options:
+    """Thresholds from [health] (pgfacts.Thresholds), as `pyops health` reads them."""
     return context.Options(
-        long_running_seconds=long_running_seconds,
-        connections_warn_percent=health.connections_warn_percent,
-        connections_critical_percent=health.connections_critical_percent,
-        wraparound_warn_percent=health.wraparound_warn_percent,
-        wraparound_critical_percent=health.wraparound_critical_percent,
+        thresholds=Thresholds.from_health(app.config.health),
+        listed_long_running_seconds=long_running_seconds,
     )
 
 
@@ -70,7 +68,7 @@ def run(
     for target in targets:
         report = TargetReport(target.name, where=postgres.where(target))
         try:
-            conn = postgres.connect(target, autocommit=True)
+            conn = context.connect(target)
         except PyopsError as exc:
             report.error = str(exc)
             results[target.name] = report

@@ -1,20 +1,29 @@
 """pyops restore: preview, typed confirmation, safety backup, restore beside the live
-data, check, and only then swap it into place."""
+data, check, and only then swap it into place.
+
+A backup whose artifact does not match its manifest is never restored, and the
+refusal says so: "failed its checksum", and which backup of the target is the newest
+one that passes (`--latest` checks before choosing; a restore by id finds out while
+streaming). A disk that fills names the path and the file system that filled."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+from pyops import stream
 from pyops.actions import backup as backup_action
 from pyops.app import App
+from pyops.artifact import mount_point, no_room
 from pyops.catalog import Backup
-from pyops.config import FilesTarget, Target
-from pyops.errors import Aborted, PyopsError
+from pyops.config import FilesTarget, PostgresTarget, Target
+from pyops.errors import Aborted, PyopsError, UsageError, VerifyFailed
 from pyops.manifest import stamp as make_stamp
 from pyops.progress import human
 from pyops.sources import RestorePlan, module
+from pyops.storage import StoreError
 from pyops.stream import Checksum
 
 log = logging.getLogger(__name__)
@@ -44,11 +53,14 @@ class Prepared:
 
 
 HEAD = 1 << 16
+# how many older backups are checksummed, at most, to name the newest good one
+GOOD_CANDIDATES = 5
 
 
 def choose(app: App, backup_id: str | None, latest: bool, target: str | None) -> Backup:
     """The backup named by id (another repository's too, when named explicitly), or the
-    newest of this repository's."""
+    newest of this repository's, once its artifact has passed its checksum: a damaged
+    newest one is refused, naming the newest good one."""
     local = app.local()
     if backup_id:
         return local.find(backup_id, foreign_ok=True)
@@ -57,8 +69,76 @@ def choose(app: App, backup_id: str | None, latest: bool, target: str | None) ->
         raise PyopsError(f"no complete backup{f' of {target}' if target else ''} to restore")
     targets = {b.manifest.target for b in backups}
     if len(targets) > 1:
-        raise PyopsError(f"--latest needs --target (several targets: {', '.join(sorted(targets))})")
-    return backups[0]
+        raise UsageError(
+            f"--latest needs --target: the repository holds backups of several targets "
+            f"({', '.join(sorted(targets))})",
+            "--target",
+        )
+    newest = backups[0]
+    log.info("restore: checking the sha256 of %s before choosing it", newest.id)
+    problem = checksum_problem(app, newest)
+    if problem:
+        raise damaged(app, newest, problem, "the newest backup")
+    return newest
+
+
+def checksum_problem(app: App, backup: Backup) -> str | None:
+    """What is wrong with the artifact in the repository, said after the backup's id
+    ("failed its checksum: ..."); None when it matches its manifest."""
+    try:
+        stream.checksum(backup.manifest, app.local().chunks(backup))
+    except VerifyFailed as exc:
+        return checksum_failed(backup, exc)
+    except (StoreError, OSError) as exc:
+        return f"cannot be read: {exc}"
+    return None
+
+
+def checksum_failed(backup: Backup, exc: VerifyFailed) -> str:
+    return f"failed its checksum: {str(exc).removeprefix(f'{backup.id}: ')}"
+
+
+def newest_good(app: App, damaged_backup: Backup) -> tuple[Backup | None, list[str]]:
+    """The newest other backup of the same target (not a pre-restore one) whose
+    artifact passes its checksum, and the ids found damaged on the way."""
+    target = damaged_backup.manifest.target
+    others = [
+        b
+        for b in app.local().backups(target)
+        if b.manifest.tier != "pre-restore" and b.id != damaged_backup.id
+    ]
+    bad: list[str] = []
+    for backup in others[:GOOD_CANDIDATES]:
+        log.info("restore: checking the sha256 of %s", backup.id)
+        if checksum_problem(app, backup) is None:
+            return backup, bad
+        bad.append(backup.id)
+    return None, bad
+
+
+def damaged(app: App, backup: Backup, problem: str, which: str = "backup") -> VerifyFailed:
+    """The refusal of a backup that failed its checksum, naming the newest good one."""
+    target = backup.manifest.target
+    head = f"{which} {backup.id} {problem}; it was not restored"
+    good, bad = newest_good(app, backup)
+    also = f"; {', '.join(bad)} failed too" if bad else ""
+    if good is not None:
+        advice = (
+            f"The newest good backup of {target} is {good.id}, taken "
+            f"{good.manifest.started_at}{also}: pyops restore {good.id}"
+        )
+    elif bad:
+        advice = (
+            f"None of the next {len(bad)} older backups of {target} passes its checksum "
+            f"either ({', '.join(bad)}): `pyops verify --all --target {target}` checks every "
+            "one; `pyops list --remote` shows the bucket's copies"
+        )
+    else:
+        advice = (
+            f"There is no other backup of {target} in the repository: `pyops list --remote` "
+            "shows the bucket's copies"
+        )
+    return VerifyFailed(f"{head}. {advice}")
 
 
 def recorded_paths_differ(target: FilesTarget, backup: Backup) -> str | None:
@@ -114,24 +194,63 @@ def run(
     source = module(target.type)
     with app.scratch(f"restore-{backup.id}") as scratch, app.codec.decoder(manifest) as decoders:
         check = Checksum(manifest)
-        staged = source.restore(
-            target,
-            manifest,
-            check.through(app.local().chunks(backup)),
-            decoders,
-            into,
-            stamp,
-            scratch,
-            jobs,
-        )
+        try:
+            staged = source.restore(
+                target,
+                manifest,
+                check.through(app.local().chunks(backup)),
+                decoders,
+                into,
+                stamp,
+                scratch,
+                jobs,
+            )
+        except OSError as exc:
+            if no_room(exc) is None:
+                raise
+            raise disk_full(exc, prepared, scratch) from None
+        except PyopsError:
+            if check.failed is not None:  # the last byte passed: the checksum said no
+                raise damaged(app, backup, checksum_failed(backup, check.failed)) from None
+            if check.bytes == 0:  # failed before reading the artifact: not about it
+                raise
+            # a damaged artifact makes a decoder or the restoring tool fail before the
+            # last byte: read it all to find out whether that was the cause
+            problem = checksum_problem(app, backup)
+            if problem:
+                raise damaged(app, backup, problem) from None
+            raise
         try:
             check.check()
+        except VerifyFailed as exc:
+            staged.discard()
+            raise damaged(app, backup, checksum_failed(backup, exc)) from None
         except BaseException:
             staged.discard()
             raise
     summary: str = staged.commit()
     log.info("restore %s: %s", backup.id, summary)
     return summary
+
+
+def disk_full(exc: OSError, prepared: Prepared, scratch: Path) -> PyopsError:
+    """A write of the restore found no room: name the path and its file system. The
+    writers name the file they were writing; without a name, it is the scratch for
+    PostgreSQL (pg_restore -j's decoded copy), else the destination."""
+    m = prepared.backup.manifest
+    if exc.filename:
+        filled = Path(str(exc.filename))
+    elif isinstance(prepared.target, PostgresTarget):
+        filled = scratch
+    else:
+        filled = Path(prepared.plan.destination)
+    size = m.content.get("bytes") or m.source.get("size")
+    room = f" for about {human(int(size))}" if isinstance(size, int) and size > 0 else ""
+    return PyopsError(
+        f"{no_room(exc)} restoring {m.id}: no room to write {filled} (file system "
+        f"{mount_point(filled)}); what was restored so far was removed and nothing was "
+        f"changed. Free space there, or restore --into a place with room{room}"
+    )
 
 
 def require_typed_name(ask: Callable[[str], str]) -> Callable[[Prepared], None]:

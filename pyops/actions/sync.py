@@ -15,7 +15,7 @@ from typing import Any
 from pyops import catalog as cat
 from pyops.app import App
 from pyops.catalog import Backup, Catalog, Listing
-from pyops.errors import PyopsError
+from pyops.errors import PyopsError, UsageError
 from pyops.fsutil import make_private_dir, write_atomic
 from pyops.manifest import ID_RE, Manifest, artifact_extension
 from pyops.progress import Progress, human
@@ -201,8 +201,13 @@ def find_remote(app: App, backup_id: str | None, target: str | None) -> Backup:
     if not found:
         what = f"backup of {target}" if target else "backup"
         raise PyopsError(f"no complete {what} in {remote.describe()}")
-    if len({b.manifest.target for b in found}) > 1:
-        raise PyopsError("--latest --remote needs --target (the bucket holds several targets)")
+    targets = sorted({b.manifest.target for b in found})
+    if len(targets) > 1:
+        raise UsageError(
+            "--latest --remote needs --target: the bucket holds backups of several targets "
+            f"({', '.join(targets)})",
+            "--target",
+        )
     return found[0]
 
 

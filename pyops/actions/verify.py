@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from pyops import stream
 from pyops.app import App
 from pyops.catalog import Backup, Catalog
 from pyops.errors import PyopsError, StageFailed, VerifyFailed
@@ -60,13 +61,6 @@ def select(
     return list(newest.values()), refused
 
 
-def checksum(manifest: Manifest, chunks: Iterable[bytes]) -> None:
-    check = Checksum(manifest)
-    for _ in check.through(chunks):
-        pass
-    check.check()
-
-
 def deep(app: App, manifest: Manifest, chunks: Iterable[bytes]) -> None:
     codec = app.codec
     with app.scratch(f"verify-{manifest.id}") as scratch, codec.decoder(manifest) as decoders:
@@ -104,7 +98,7 @@ def verify_one(
         if deep_ and remote:
             deep(app, manifest, catalog.chunks(backup))  # one pass over the network
         else:
-            checksum(manifest, catalog.chunks(backup))
+            stream.checksum(manifest, catalog.chunks(backup))
             if deep_:
                 deep(app, manifest, catalog.chunks(backup))
     except NotFound as exc:

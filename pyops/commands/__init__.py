@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from pyops import config, runlog
+from pyops import config, runlog, secrets
 from pyops.app import App
 from pyops.errors import EXIT_FAILED
 
@@ -44,8 +44,10 @@ class Ctx:
 
             loaded = config.load(self.path)
             permissions.enforce(loaded)
+            # the pyops process (not in-process use): no child inherits a password
+            # variable or the AWS keys; the one that needs a password gets PGPASSWORD
+            secrets.withhold(secrets.names(loaded))
             self._app = App(loaded, allow_unauthenticated=allow_unauthenticated)
-            self._app.hide_secrets_from_children()
         return self._app
 
 

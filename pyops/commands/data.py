@@ -65,6 +65,7 @@ def backup(
             )
             rec["bytes"] = sum(r.bytes for r in results)
             rec["backups"] = [r.as_dict() for r in results]
+            rec["warnings"] = sum(len(r.warnings) for r in results)
             failed = [r for r in results if not r.ok]
             if failed:
                 rec["result"] = "failed"
@@ -80,7 +81,11 @@ def backup(
         fmt,
         "backups",
         results,
-        lambda r: f"{r.target}: ok {r.id} {human(r.bytes)}",
+        lambda r: (
+            f"{r.target}: ok {r.id} {human(r.bytes)}"
+            + (f", {len(r.warnings)} WARNING(S):" if r.warnings else "")
+            + "".join(f"\n  {w}" for w in r.warnings)
+        ),
         lambda r: f"{r.target}: FAILED {r.error}",
     )
 
@@ -198,6 +203,7 @@ def verify(
         ]
         metrics.record_run(app, "verify", [r.as_dict() for r in results])
         rec["verified"] = [r.as_dict() for r in results]
+        rec["warnings"] = sum(len(r.warnings) for r in results)
         if not all(r.ok for r in results):
             rec["result"] = "failed"
     emit_results(
@@ -288,21 +294,36 @@ def restore(
 @click.option("--tier", type=click.Choice(list(TIERS)), help="only this tier")
 @click.option("--dry-run", is_flag=True, help="show what would be deleted; delete nothing")
 @click.option("--remote", is_flag=True, help="prune the [offsite] bucket instead")
+@click.option(
+    "--accept",
+    "accept_ids",
+    multiple=True,
+    metavar="ID",
+    help="accept this backup's unusual size: it counts toward retention from now on",
+)
 @FORMAT
 @pass_ctx
 def prune(
-    ctx: Ctx, targets: tuple[str, ...], tier: str | None, dry_run: bool, remote: bool, fmt: str
+    ctx: Ctx,
+    targets: tuple[str, ...],
+    tier: str | None,
+    dry_run: bool,
+    remote: bool,
+    accept_ids: tuple[str, ...],
+    fmt: str,
 ) -> None:
     """Apply [retention]: each backup with keep/delete and the rule that decided it.
 
-    The newest complete backup of a target is never deleted; remotely, objects still
-    under object lock are skipped and reported."""
+    The newest complete backup of a target is never deleted; a backup far smaller than
+    its tier's recent median is kept and not counted until a normal-size one follows
+    (or --accept ID); remotely, objects still under object lock are skipped and
+    reported."""
     app = ctx.app()
     names = [t.name for t in app.config.select(targets)]
     tiers = [tier] if tier else None
     with app.lock("prune"), recorded(app, "prune", names) as rec:
         rows: Sequence[prune_action.PruneRow] = prune_action.run(
-            app, names, tiers, dry_run, remote=remote
+            app, names, tiers, dry_run, remote=remote, accept_ids=accept_ids
         )
         rec["deleted"] = [r.id for r in rows if not r.keep and not dry_run]
     verb = "would delete" if dry_run else "deleted"
@@ -413,6 +434,7 @@ def history(ctx: Ctx, limit: int, fmt: str) -> None:
             f"{r.get('result', '?'):<6} {r.get('duration_s', 0):>8.1f}s  "
             f"{','.join(r.get('targets', []))}"
             + (f"  {human(r['bytes'])}" if r.get("bytes") else "")
+            + (f"  {r['warnings']} warning(s)" if r.get("warnings") else "")
             + (f"  {r['error']}" if r.get("error") else "")
             for r in records
         )

@@ -123,6 +123,7 @@ def schedule_group() -> None:
 def run(ctx: Ctx) -> None:
     """Run backups, maintenance, health and drills on the calendar until SIGTERM."""
     app = ctx.app()
-    scheduler = Scheduler(DEFAULT_JOBS, run_as_child(ctx.path.absolute()), app.state)
+    runner = run_as_child(ctx.path.absolute(), app.config)
+    scheduler = Scheduler(DEFAULT_JOBS, runner, app.state)
     log.info("schedule: %s", "; ".join(f"{j.name} at {j.oncalendar}" for j in DEFAULT_JOBS))
     scheduler.loop()

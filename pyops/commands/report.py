@@ -34,9 +34,9 @@ def db_group() -> None:
 @click.option(
     "--long-running-seconds",
     type=click.FloatRange(min=0, min_open=True),
-    default=60.0,
-    show_default=True,
-    help="long-running lists statements (and open transactions) running this long",
+    default=None,
+    help="long-running lists statements (and open transactions) running this long; "
+    "default: [health] long_running_seconds",
 )
 @FORMAT
 @pass_ctx
@@ -44,7 +44,7 @@ def report(
     ctx: Ctx,
     targets: tuple[str, ...],
     sections: tuple[str, ...],
-    long_running_seconds: float,
+    long_running_seconds: float | None,
     fmt: str,
 ) -> None:
     """Connections, sizes, index use, slow and N+1 statements, bloat, locks, wraparound,

@@ -7,10 +7,12 @@ import statistics
 from datetime import datetime
 
 from pyops import runlog
+from pyops.catalog import Backup
 from pyops.errors import PyopsError
 from pyops.health.context import Context
 from pyops.health.result import Part, Result, Status, combine
 from pyops.manifest import Manifest
+from pyops.retention import RECENT, below_median
 
 TIER_ORDER = ("daily", "weekly", "monthly")
 
@@ -95,7 +97,8 @@ def offsite_freshness(ctx: Context) -> Result:
 
 def backup_size(ctx: Context) -> Result:
     """The newest backup of each target and tier is not below `backup_size_min_ratio` x
-    the median of that tier's previous ones: a sudden drop means a dump lost data."""
+    the median of that tier's previous ones (the RECENT last): a sudden drop means a
+    dump lost data. Retention applies the same rule (such a backup does not count)."""
     ratio = ctx.cfg.backup_size_min_ratio
     parts: list[Part] = []
     for target in ctx.app.config.targets:
@@ -103,7 +106,8 @@ def backup_size(ctx: Context) -> Result:
             backups = ctx.app.local().backups(target.name, tier)
             if not backups:
                 continue
-            newest, previous = backups[0].manifest, [b.manifest.size for b in backups[1:]]
+            newest = backups[0].manifest
+            previous = [b.manifest.size for b in backups[1 : 1 + RECENT]]
             subject = f"{target.name}.{tier}"
             metrics = {f"{subject}.bytes": float(newest.size)}
             if not previous:
@@ -111,7 +115,7 @@ def backup_size(ctx: Context) -> Result:
                 continue
             median = statistics.median(previous)
             metrics[f"{subject}.median_bytes"] = float(median)
-            if newest.size < ratio * median:
+            if below_median(newest.size, previous, ratio) is not None:
                 parts.append(
                     Part(
                         "warning",
@@ -163,8 +167,9 @@ def drill_freshness(ctx: Context) -> Result:
 
 def manifests(ctx: Context) -> Result:
     """Every manifest in the repository is usable: a refused one (malformed, misplaced,
-    forged) is critical and named; unauthenticated manifests (no repository key) and
-    backups that recorded warnings (a file changed while read) are warnings."""
+    forged) is critical and named; unauthenticated manifests (no repository key), and a
+    newest backup (of a target and tier) that recorded warnings (a file changed while
+    tar read it, stored torn), are warnings until a clean backup follows."""
     app = ctx.app
     try:
         listing = app.local().scan()
@@ -182,9 +187,15 @@ def manifests(ctx: Context) -> Result:
                 "one); anyone who can write the repository or bucket can forge a backup",
             )
         )
-    warned = [b for b in listing.backups if b.manifest.warnings]
+    newest: dict[tuple[str, str], Backup] = {}
+    for b in listing.backups:  # newest first
+        newest.setdefault((b.manifest.target, b.manifest.tier), b)
+    warned = [b for b in newest.values() if b.manifest.warnings]
     parts += [
-        Part("warning", f"{b.id}: {len(b.manifest.warnings)} warning(s): {b.manifest.warnings[0]}")
+        Part(
+            "warning",
+            f"{b.id}: {len(b.manifest.warnings)} warning(s), e.g. {b.manifest.warnings[0]}",
+        )
         for b in warned
     ]
     counts = {

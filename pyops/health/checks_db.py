@@ -15,23 +15,7 @@ from pyops.config import PostgresTarget
 from pyops.errors import PyopsError
 from pyops.health.context import Context
 from pyops.health.result import Part, Result, Status, combine
-
-XID_LIMIT = 2**31
-ACTIVITY = """
-SELECT pid, usename, datname, state,
-       extract(epoch FROM now() - coalesce(query_start, xact_start, backend_start))::float8,
-       left(regexp_replace(coalesce(query, ''), '\\s+', ' ', 'g'), 80)
-FROM pg_stat_activity
-WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'
-"""
-
-
-def _level(value: float, warn: float, crit: float) -> Status:
-    if value >= crit:
-        return "critical"
-    if value >= warn:
-        return "warning"
-    return "ok"
+from pyops.pgfacts import XID_LIMIT, Thresholds, level, server, session, short
 
 
 def per_target(
@@ -53,13 +37,11 @@ def per_target(
 
 def database(ctx: Context) -> Result:
     """Connect (a fresh connection: that is what is measured) and SELECT 1."""
-    from pyops.sources import postgres
-
     parts = []
     for target in ctx.postgres_targets:
         t0 = time.monotonic()
         try:
-            conn = postgres.connect(target, autocommit=True)
+            conn = session.connect(target, session.HEALTH, purpose="health")
         except PyopsError as exc:
             parts.append(Part("critical", str(exc), {f"{target.name}.up": 0.0}))
             continue
@@ -91,18 +73,14 @@ def database(ctx: Context) -> Result:
 
 
 def connections(ctx: Context) -> Result:
-    cfg = ctx.cfg
+    limits = Thresholds.from_health(ctx.cfg)
 
     def one(target: PostgresTarget, conn: Any) -> Part:
-        row = conn.execute(
-            "SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'),"
-            " current_setting('max_connections')::int,"
-            " current_setting('superuser_reserved_connections')::int"
-        ).fetchone()
-        used, limit, reserved = int(row[0]), int(row[1]), int(row[2])
-        usable = max(1, limit - reserved)
-        percent = 100.0 * used / usable
-        status = _level(percent, cfg.connections_warn_percent, cfg.connections_critical_percent)
+        facts = server.connections(conn)
+        used, usable, percent = facts.used, facts.usable, facts.percent
+        status = level(
+            percent, limits.connections_warn_percent, limits.connections_critical_percent
+        )
         metrics = {
             f"{target.name}.used": float(used),
             f"{target.name}.max": float(usable),
@@ -110,7 +88,7 @@ def connections(ctx: Context) -> Result:
         }
         text = (
             f"{target.name}: {used} of {usable} connections in use ({percent:.0f}%; "
-            f"max_connections {limit} minus {reserved} reserved)"
+            f"max_connections {facts.max_connections} minus {facts.reserved} reserved)"
         )
         return Part(status, text, metrics)
 
@@ -118,53 +96,60 @@ def connections(ctx: Context) -> Result:
 
 
 def wraparound(ctx: Context) -> Result:
-    """The oldest unfrozen transaction id of any database, against the 2^31 horizon
-    where PostgreSQL stops accepting writes."""
-    cfg = ctx.cfg
+    """The oldest unfrozen transaction id or multixact id of any database, against the
+    2^31 horizon where PostgreSQL stops accepting writes: the nearer of the two counts
+    (pgfacts.server.wraparound, which `db report` shows too)."""
+    limits = Thresholds.from_health(ctx.cfg)
 
     def one(target: PostgresTarget, conn: Any) -> Part:
-        row = conn.execute(
-            "SELECT datname, age(datfrozenxid) FROM pg_database "
-            "ORDER BY age(datfrozenxid) DESC LIMIT 1"
-        ).fetchone()
-        name, age = str(row[0]), int(row[1])
-        percent = 100.0 * age / XID_LIMIT
-        status = _level(percent, cfg.wraparound_warn_percent, cfg.wraparound_critical_percent)
-        text = f"{target.name}: oldest xid age {age} in {name} ({percent:.2f}% of 2^31)"
+        worst = server.wraparound(conn)[0]
+        name, percent = str(worst["database"]), float(worst["percent"])
+        xid, mxid = int(worst["xid_age"]), int(worst["multixact_age"])
+        status = level(percent, limits.wraparound_warn_percent, limits.wraparound_critical_percent)
+        text = (
+            f"{target.name}: oldest xid age {xid} in {name} ({100.0 * xid / XID_LIMIT:.2f}% of "
+            f"2^31), multixact age {mxid} ({100.0 * mxid / XID_LIMIT:.2f}%)"
+        )
         if status != "ok":
             text += f": VACUUM (FREEZE) database {name} before it reaches 100%"
         return Part(
             status,
             text,
-            {f"{target.name}.xid_age": float(age), f"{target.name}.xid_percent": percent},
+            {
+                f"{target.name}.xid_age": float(xid),
+                f"{target.name}.xid_percent": 100.0 * xid / XID_LIMIT,
+                f"{target.name}.multixact_age": float(mxid),
+                f"{target.name}.multixact_percent": 100.0 * mxid / XID_LIMIT,
+                f"{target.name}.wraparound_percent": percent,
+            },
         )
 
     return per_target(ctx, "wraparound", one)
 
 
 def long_running(ctx: Context) -> Result:
-    """Sessions busy (or idle in a transaction) longer than the threshold."""
-    cfg = ctx.cfg
+    """Sessions busy (or idle in a transaction) longer than the threshold, timed as
+    pgfacts times them (since the statement began if active, since the transaction
+    began if idle in it)."""
+    limits = Thresholds.from_health(ctx.cfg)
+    seconds = limits.long_running_seconds
 
     def one(target: PostgresTarget, conn: Any) -> Part:
-        rows = conn.execute(
-            ACTIVITY + " AND state IS NOT NULL AND state <> 'idle' ORDER BY 5 DESC"
-        ).fetchall()
-        longest = float(rows[0][4]) if rows else 0.0
-        slow = [r for r in rows if float(r[4]) >= cfg.long_running_seconds]
+        rows = server.long_running(conn)
+        longest = float(rows[0]["running_s"] or 0.0) if rows else 0.0
+        slow = [r for r in rows if float(r["running_s"] or 0.0) >= seconds]
         metrics = {
             f"{target.name}.longest_seconds": round(longest, 1),
             f"{target.name}.count": float(len(slow)),
         }
         if not slow:
-            return Part(
-                "ok", f"{target.name}: no query over {cfg.long_running_seconds:g} s", metrics
-            )
-        status = _level(longest, cfg.long_running_seconds, cfg.long_running_critical_seconds)
+            return Part("ok", f"{target.name}: no query over {seconds:g} s", metrics)
+        status = level(longest, seconds, limits.long_running_critical_seconds)
         top = slow[0]
         text = (
-            f"{target.name}: {len(slow)} session(s) over {cfg.long_running_seconds:g} s; longest "
-            f"pid {top[0]} ({top[1]}@{top[2]}, {top[3]}) {float(top[4]):.0f} s: {top[5]}"
+            f"{target.name}: {len(slow)} session(s) over {seconds:g} s; longest pid "
+            f"{top['pid']} ({top['user']}@{top['database']}, {top['state']}) "
+            f"{float(top['running_s']):.0f} s: {short(top['query'])}"
         )
         return Part(status, text, metrics)
 
@@ -173,29 +158,26 @@ def long_running(ctx: Context) -> Result:
 
 def blocking(ctx: Context) -> Result:
     """Sessions waiting for a lock another session holds (pg_blocking_pids)."""
-    cfg = ctx.cfg
+    limits = Thresholds.from_health(ctx.cfg)
 
     def one(target: PostgresTarget, conn: Any) -> Part:
-        rows = conn.execute(
-            "SELECT pid, pg_blocking_pids(pid),"
-            " extract(epoch FROM now() - coalesce(query_start, xact_start))::float8,"
-            " left(regexp_replace(coalesce(query, ''), '\\s+', ' ', 'g'), 80)"
-            " FROM pg_stat_activity"
-            " WHERE pid <> pg_backend_pid() AND cardinality(pg_blocking_pids(pid)) > 0"
-            " ORDER BY 3 DESC"
-        ).fetchall()
-        longest = float(rows[0][2] or 0) if rows else 0.0
+        waiting: dict[int, dict[str, Any]] = {}
+        for pair in server.blocked(conn):  # longest wait first
+            entry = waiting.setdefault(pair["blocked_pid"], {**pair, "blockers": []})
+            entry["blockers"].append(pair["blocking_pid"])
+        first = next(iter(waiting.values()), None)
+        longest = float(first["waiting_s"] or 0.0) if first else 0.0
         metrics = {
-            f"{target.name}.blocked": float(len(rows)),
+            f"{target.name}.blocked": float(len(waiting)),
             f"{target.name}.longest_wait_seconds": round(longest, 1),
         }
-        if not rows:
+        if first is None:
             return Part("ok", f"{target.name}: no blocked sessions", metrics)
-        status: Status = "critical" if longest >= cfg.blocking_critical_seconds else "warning"
-        pid, blockers, _, query = rows[0]
+        status: Status = "critical" if longest >= limits.blocking_critical_seconds else "warning"
         text = (
-            f"{target.name}: {len(rows)} blocked session(s); pid {pid} waits {longest:.0f} s "
-            f"on pid {', '.join(map(str, blockers))}: {query}"
+            f"{target.name}: {len(waiting)} blocked session(s); pid {first['blocked_pid']} "
+            f"waits {longest:.0f} s on pid {', '.join(map(str, first['blockers']))}: "
+            f"{short(first['blocked_query'])}"
         )
         return Part(status, text, metrics)
 

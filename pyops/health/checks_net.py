@@ -17,10 +17,10 @@ from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pyops import __version__
+from pyops.config_rules import host_port
 from pyops.errors import PyopsError
 from pyops.health.context import Context
 from pyops.health.result import Part, Result, Status, combine
-from pyops.health.settings import host_port
 
 
 def cert_days(cert: dict[str, Any], now: float) -> float:

@@ -43,7 +43,8 @@ class Context:
 
     def db(self, target: PostgresTarget) -> Any:
         """An autocommit connection to the target, made once per run (psycopg
-        connections are thread-safe), or PyopsError saying why there is none."""
+        connections are thread-safe), or PyopsError saying why there is none. It is
+        pgfacts' health session: read-only, with short lock and statement timeouts."""
         with self._lock:
             lock = self._db_locks.setdefault(target.name, threading.Lock())
         with lock:
@@ -52,10 +53,10 @@ class Context:
                 raise cached
             if cached is not None:
                 return cached
-            from pyops.sources import postgres
+            from pyops.pgfacts import session
 
             try:
-                conn: Any = postgres.connect(target, autocommit=True)
+                conn: Any = session.connect(target, session.HEALTH, purpose="health")
             except PyopsError as exc:
                 self._db[target.name] = exc
                 raise

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from pyops.config import Config, PostgresTarget
+from pyops.config_rules import CHECK_NAMES
 from pyops.errors import PyopsError
 from pyops.health import (
     checks_backup,
@@ -25,7 +26,6 @@ from pyops.health import (
 )
 from pyops.health.context import Context
 from pyops.health.result import Result
-from pyops.health.settings import CHECK_NAMES
 
 log = logging.getLogger(__name__)
 WORKERS = 8

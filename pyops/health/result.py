@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Status = Literal["ok", "warning", "critical", "unknown"]
-STATUSES: tuple[Status, ...] = ("ok", "warning", "critical", "unknown")
 CODE: dict[Status, int] = {"ok": 0, "warning": 1, "critical": 2, "unknown": 3}
 RANK: dict[Status, int] = {"ok": 0, "unknown": 1, "warning": 2, "critical": 3}
 POINTS: dict[Status, float] = {"ok": 1.0, "warning": 0.5, "unknown": 0.5, "critical": 0.0}

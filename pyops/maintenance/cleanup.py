@@ -12,47 +12,9 @@ from __future__ import annotations
 from psycopg import sql
 
 from pyops.config import CleanupRule
-from pyops.errors import ConfigError
+from pyops.config_rules import split_table_name
 from pyops.maintenance import StepFailed
 from pyops.maintenance.pgsession import Session
-
-
-def split_name(name: str, key: str) -> tuple[str | None, str]:
-    """`table`, `schema.table`, or double-quoted parts (`"My Schema"."My Table"`) ->
-    (schema or None, table). Names are taken as written: no case folding."""
-    parts: list[str] = []
-    i, n = 0, len(name)
-    while i < n:
-        if name[i] == '"':
-            j, buf = i + 1, []
-            while True:
-                if j >= n:
-                    raise ConfigError(key, f"unbalanced quote in {name!r}")
-                if name[j] == '"':
-                    if j + 1 < n and name[j + 1] == '"':
-                        buf.append('"')
-                        j += 2
-                        continue
-                    break
-                buf.append(name[j])
-                j += 1
-            parts.append("".join(buf))
-            i = j + 1
-        else:
-            j = name.find(".", i)
-            j = n if j < 0 else j
-            parts.append(name[i:j])
-            i = j
-        if i < n:
-            if name[i] != ".":
-                raise ConfigError(key, f"expected '.' after {parts[-1]!r} in {name!r}")
-            i += 1
-            if i == n:
-                parts.append("")
-    if not 1 <= len(parts) <= 2 or not all(parts):
-        raise ConfigError(key, f"expected table or schema.table, not {name!r}")
-    return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
-
 
 FIND_IN_PATH = """
 SELECT n.nspname, c.oid, c.relkind::text
@@ -94,7 +56,7 @@ def batch_statement(
 def cleanup(session: Session, rules: list[tuple[int, CleanupRule]]) -> None:
     for index, rule in rules:
         key = f"maintenance.cleanup[{index}].table"
-        schema, name = split_name(rule.table, key)
+        schema, name = split_table_name(rule.table, key)
         with session.step("cleanup", rule.table) as step:
             found = (
                 session.one(FIND, (schema, name)) if schema else session.one(FIND_IN_PATH, (name,))

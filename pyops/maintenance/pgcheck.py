@@ -8,49 +8,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pyops.maintenance import StepFailed, bloat
-from pyops.maintenance.pgsession import USER_RELATIONS, Session
-
-FILLFACTOR = """coalesce((SELECT option_value::int FROM pg_options_to_table({rel}.reloptions)
-                WHERE option_name = 'fillfactor'), {default})"""
-
-TABLE_WIDTHS = f"""
-SELECT c.oid,
-       (SELECT count(*) FROM pg_attribute a
-        WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
-       s.columns, s.width, s.nulls, {FILLFACTOR.format(rel="c", default=100)}
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-LEFT JOIN (SELECT schemaname, tablename, count(*) AS columns,
-                  sum((1 - null_frac) * avg_width) AS width, bool_or(null_frac > 0) AS nulls
-           FROM pg_stats WHERE NOT inherited GROUP BY 1, 2) s
-       ON s.schemaname = n.nspname AND s.tablename = c.relname
-WHERE c.relkind IN ('r', 'm') AND {USER_RELATIONS}
-"""  # noqa: S608 - built from constants
-
-INDEX_WIDTHS = f"""
-SELECT ci.oid, ci.relname, i.indrelid, am.amname,
-       i.indexprs IS NULL AND i.indpred IS NULL, i.indnatts,
-       (SELECT count(*) FROM pg_attribute a JOIN pg_stats s
-          ON s.schemaname = n.nspname AND s.tablename = c.relname AND s.attname = a.attname
-             AND NOT s.inherited
-        WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)),
-       (SELECT sum((1 - s.null_frac) * s.avg_width) FROM pg_attribute a JOIN pg_stats s
-          ON s.schemaname = n.nspname AND s.tablename = c.relname AND s.attname = a.attname
-             AND NOT s.inherited
-        WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)),
-       {FILLFACTOR.format(rel="ci", default=90)}
-FROM pg_index i
-JOIN pg_class ci ON ci.oid = i.indexrelid
-JOIN pg_class c ON c.oid = i.indrelid
-JOIN pg_am am ON am.oid = ci.relam
-JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE ci.relkind = 'i' AND {USER_RELATIONS}
-ORDER BY ci.relname
-"""  # noqa: S608 - built from constants
-
-
-def _block_size(session: Session) -> int:
-    return int(session.one("SELECT current_setting('block_size')::int")[0])
+from pyops.maintenance import StepFailed
+from pyops.maintenance.pgsession import Session
+from pyops.pgfacts import bloat
 
 
 def _relation_size(session: Session, oid: int) -> int:
@@ -60,18 +20,19 @@ def _relation_size(session: Session, oid: int) -> int:
 
 def bloat_report(session: Session) -> None:
     """Dead-tuple ratio and estimated wasted bytes per table, then per index of it (an
-    index's dead ratio is its table's: VACUUM removes both kinds of dead entry)."""
-    bs = _block_size(session)
-    widths = {row[0]: row[1:] for row in session.rows(TABLE_WIDTHS)}
+    index's dead ratio is its table's: VACUUM removes both kinds of dead entry). The
+    estimate is pgfacts.bloat's, the one `db report` gives too."""
+    bs = int(session.one(bloat.BLOCK_SIZE)[0])
+    widths = bloat.widths_by_oid(session.rows(bloat.TABLE_WIDTHS))
     indexes: dict[int, list[Any]] = defaultdict(list)
-    for row in session.rows(INDEX_WIDTHS):
+    for row in session.rows(bloat.INDEX_WIDTHS):
         indexes[row[2]].append(row)
     for rel in session.relations("rm"):
-        ncols, covered, width, nulls, fillfactor = widths.get(rel.oid, (0, 0, None, False, 100))
-        stats = (float(width), int(ncols), bool(nulls)) if covered and covered >= ncols else None
         with session.step("bloat", rel.label) as step:
             size = _relation_size(session, rel.oid)
-            est = bloat.table(size, rel.live, rel.dead, stats, bs, int(fillfactor))
+            est = bloat.estimate_table(
+                size, rel.live, rel.dead, widths.get(rel.oid, bloat.Widths(None)), bs
+            )
             step.details.update(
                 kind="table",
                 bytes=size,

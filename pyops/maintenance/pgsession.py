@@ -24,14 +24,12 @@ from psycopg import sql
 
 from pyops.config import PostgresTarget
 from pyops.maintenance import Journal, Status, Step
-from pyops.sources import postgres as pgsource
+from pyops.pgfacts import USER_RELATIONS
+from pyops.pgfacts import session as pgfacts_session
 
-# schemas maintenance leaves alone (amcheck reads them, see pgcheck)
-USER_RELATIONS = """
-  n.nspname NOT IN ('pg_catalog', 'information_schema')
-  AND n.nspname !~ '^pg_(toast|temp)'
-  AND c.relpersistence <> 't'
-"""
+# USER_RELATIONS: the relations maintenance works on (amcheck also reads the system
+# catalogs, see pgcheck)
+__all__ = ["USER_RELATIONS", "Relation", "Session", "classify", "open_session"]
 
 
 def classify(exc: Exception) -> Status | None:
@@ -149,21 +147,23 @@ class Session:
 def open_session(
     target: PostgresTarget, journal: Journal, lock_timeout_s: float
 ) -> Iterator[Session]:
-    """Connect (autocommit) and set lock_timeout; PyopsError says why a connect failed."""
-    conn = pgsource.connect(target, autocommit=True)
+    """Connect (autocommit) as pgfacts' maintenance session: lock_timeout from
+    [maintenance], no statement timeout (a role's own cannot cancel a VACUUM midway).
+    PyopsError says why a connect failed."""
+    limits = pgfacts_session.maintenance(lock_timeout_s)
+    conn = pgfacts_session.connect(target, limits, purpose="maintenance")
     try:
-        session = Session(target, conn, journal, lock_timeout_s)
-        conn.add_notice_handler(lambda diag: session.notices.append(diag.message_primary or ""))
-        ms = max(1, round(lock_timeout_s * 1000))
-        setting = sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{ms}ms"))
-        # a session setting, not a change: it runs in --dry-run too (planning reads obey it)
-        journal.note(None, target.name, session.text(setting) + ";")
-        conn.execute(setting)
+        opened = Session(target, conn, journal, lock_timeout_s)
+        conn.add_notice_handler(lambda diag: opened.notices.append(diag.message_primary or ""))
+        # session settings, not changes: in force from the connection's start (planning
+        # reads obey them in --dry-run too); listed so the SQL shown is the whole story
+        for setting in pgfacts_session.set_statements(limits):
+            journal.note(None, target.name, opened.text(setting) + ";")
         row = conn.execute(
             "SELECT current_setting('server_version_num')::int, current_user"
         ).fetchone()
         assert row is not None
-        session.server_version, session.user = int(row[0]), str(row[1])
-        yield session
+        opened.server_version, opened.user = int(row[0]), str(row[1])
+        yield opened
     finally:
         conn.close()

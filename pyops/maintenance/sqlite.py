@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from pyops.config import CleanupRule, SqliteTarget
+from pyops.config_rules import split_table_name
 from pyops.errors import PyopsError
 from pyops.maintenance import Journal, Status, Step, StepFailed, StepTimeout
-from pyops.maintenance.cleanup import split_name
 
 BUSY = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
 
@@ -183,7 +183,7 @@ def batch_statement(table: str, where: str, batch_size: int, key: list[str]) -> 
 def cleanup(s: Session, rules: list[tuple[int, CleanupRule]]) -> None:
     for index, rule in rules:
         key = f"maintenance.cleanup[{index}].table"
-        schema, name = split_name(rule.table, key)
+        schema, name = split_table_name(rule.table, key)
         with s.step("cleanup", rule.table) as step:
             found = s.rows(
                 "SELECT name FROM sqlite_schema WHERE type = 'table' AND name = ? COLLATE NOCASE",

@@ -1,45 +1,17 @@
 """What sessions are doing now: who blocks whom, and what has run too long.
 
 Both look at every database of the server: a lock queue in another database of
-the same cluster still holds connections and transaction ids.
+the same cluster still holds connections and transaction ids. The facts are
+pgfacts.server's and the critical thresholds [health]'s, as `pyops health` has them.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from pyops.pgfacts import server
 from pyops.report.context import Probe
 from pyops.report.model import Advice, Column, Section, Severity, Table
-
-BLOCKING_CRITICAL_SECONDS = 300.0
-LONG_RUNNING_CRITICAL_SECONDS = 3600.0
-
-PAIRS = """
-SELECT a.pid AS blocked_pid, a.usename AS blocked_user, a.datname AS database,
-       extract(epoch FROM now() - coalesce(a.query_start, a.xact_start))::float8 AS waiting_s,
-       a.wait_event_type, a.query AS blocked_query,
-       b.pid AS blocking_pid, b.usename AS blocking_user, b.state AS blocking_state,
-       extract(epoch FROM now() - b.xact_start)::float8 AS blocking_xact_s,
-       b.query AS blocking_query
-FROM pg_stat_activity a
-CROSS JOIN LATERAL unnest(pg_blocking_pids(a.pid)) AS blocker(pid)
-JOIN pg_stat_activity b ON b.pid = blocker.pid
-WHERE a.pid <> pg_backend_pid()
-ORDER BY waiting_s DESC, a.pid, b.pid
-"""
-
-RUNNING = """
-SELECT pid, usename AS user, datname AS database, state, wait_event_type, wait_event,
-       extract(epoch FROM now() - CASE WHEN state = 'active' THEN query_start
-                                        ELSE xact_start END)::float8 AS running_s,
-       query
-FROM pg_stat_activity
-WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'
-  AND state IS NOT NULL AND state <> 'idle'
-  AND now() - CASE WHEN state = 'active' THEN query_start ELSE xact_start END
-      >= make_interval(secs => %(seconds)s)
-ORDER BY running_s DESC, pid
-"""
 
 
 def _stop(pid: int, state: str | None) -> str:
@@ -50,7 +22,7 @@ def _stop(pid: int, state: str | None) -> str:
 
 
 def blocking(probe: Probe) -> Section:
-    rows = probe.dicts(PAIRS)
+    rows = server.blocked(probe)
     blocked = {r["blocked_pid"] for r in rows}
     section = Section(
         "blocking",
@@ -84,7 +56,8 @@ def blocking(probe: Probe) -> Section:
         head["waiting_s"] = max(head["waiting_s"] or 0.0, r["waiting_s"] or 0.0)
     for pid, head in heads.items():
         waited = float(head["waiting_s"] or 0.0)
-        severity: Severity = "critical" if waited >= BLOCKING_CRITICAL_SECONDS else "warning"
+        critical = probe.options.thresholds.blocking_critical_seconds
+        severity: Severity = "critical" if waited >= critical else "warning"
         state = head["blocking_state"]
         finding = (
             f"pid {pid} ({head['blocking_user']}, {state}) blocks {head['victims']} "
@@ -101,7 +74,8 @@ def blocking(probe: Probe) -> Section:
 
 def long_running(probe: Probe) -> Section:
     seconds = probe.options.long_running_seconds
-    rows = probe.dicts(RUNNING, {"seconds": seconds})
+    rows = server.long_running(probe, seconds)
+    critical = probe.options.thresholds.long_running_critical_seconds
     section = Section(
         "long-running",
         "Long-running queries",
@@ -126,7 +100,7 @@ def long_running(probe: Probe) -> Section:
     )
     for r in rows:
         running = float(r["running_s"] or 0.0)
-        severity: Severity = "critical" if running >= LONG_RUNNING_CRITICAL_SECONDS else "warning"
+        severity: Severity = "critical" if running >= critical else "warning"
         section.advice.append(
             Advice(
                 severity,

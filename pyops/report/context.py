@@ -2,10 +2,13 @@
 the statements read once from pg_stat_statements, and each section built once
 (`recommendations` reads the advice of the others).
 
-The session is read-only and autocommit. Catalog and statistics views take no
-locks on user tables, but size functions (pg_relation_size and friends) open the
-relation: `lock_timeout` keeps the report from queueing behind a migration's
-ACCESS EXCLUSIVE lock, and size queries skip relations locked that way.
+The session is pgfacts' report session: read-only, autocommit, with short lock and
+statement timeouts set at connect (a role's own settings do not apply). Catalog
+and statistics views take no locks on user tables, but size functions
+(pg_relation_size and friends) open the relation: `lock_timeout` keeps the report
+from queueing behind a migration's ACCESS EXCLUSIVE lock, and size queries skip
+relations locked that way. Thresholds are [health]'s (pgfacts.Thresholds), so a
+finding here is a finding of `pyops health` too.
 """
 
 from __future__ import annotations
@@ -19,13 +22,13 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from pyops.config import PostgresTarget
+from pyops.pgfacts import Thresholds, session
 from pyops.report.model import Section
 
 # prefixed to every query the report runs, so pg_stat_statements' view of the
 # application leaves the report's own statements out
 MARK = "/* pyops report */ "
-LOCK_TIMEOUT = "3s"
-STATEMENT_TIMEOUT = "60s"
+LIMITS = session.REPORT
 
 # Every query goes through psycopg with parameters (possibly none), so a literal
 # percent sign is written `%%` in all of the report's SQL.
@@ -59,14 +62,19 @@ def user_schemas(alias: str = "n") -> str:
 
 @dataclass(frozen=True)
 class Options:
-    """Thresholds; the ones `health` also has come from [health] so both agree."""
+    """What the report lists and how it judges: `thresholds` come from [health], as
+    `health` reads them; `long_running_seconds` (what the long-running section lists)
+    defaults to [health] long_running_seconds."""
 
-    long_running_seconds: float = 60.0
+    thresholds: Thresholds = Thresholds()
+    listed_long_running_seconds: float | None = None
     limit: int = 20
-    connections_warn_percent: float = 80.0
-    connections_critical_percent: float = 95.0
-    wraparound_warn_percent: float = 50.0
-    wraparound_critical_percent: float = 75.0
+
+    @property
+    def long_running_seconds(self) -> float:
+        if self.listed_long_running_seconds is not None:
+            return self.listed_long_running_seconds
+        return self.thresholds.long_running_seconds
 
 
 @dataclass(frozen=True)
@@ -140,7 +148,7 @@ class Probe:
             except psycopg.Error as exc:
                 message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
                 if isinstance(exc, psycopg.errors.LockNotAvailable):
-                    message += f" (lock_timeout {LOCK_TIMEOUT}: another session holds a lock)"
+                    message += f" ({LIMITS.describe()}: another session holds a lock)"
                 self._sections[name] = Section(name, name, error=message)
         return self._sections[name]
 
@@ -158,21 +166,18 @@ class Probe:
         return row[0] if row else None
 
 
+def connect(target: PostgresTarget) -> psycopg.Connection[Any]:
+    """The report's session (PyopsError says why a connect failed)."""
+    return session.connect(target, LIMITS, purpose="db report")
+
+
 def start(
     target: PostgresTarget,
     conn: psycopg.Connection[Any],
     options: Options,
     builders: dict[str, Callable[[Probe], Section]],
 ) -> Probe:
-    """Make the session read-only and bounded, and learn what the server is."""
-    for setting, value in (
-        ("lock_timeout", LOCK_TIMEOUT),
-        ("statement_timeout", STATEMENT_TIMEOUT),
-        ("default_transaction_read_only", "on"),
-        ("application_name", "pyops db report"),
-    ):
-        statement = sql.SQL("SET {} = {}").format(sql.Identifier(setting), sql.Literal(value))
-        conn.execute(MARK + statement.as_string(conn))
+    """Learn what the server is; the session's limits were set at connect."""
     probe = Probe(target, conn, options, builders)
     row = probe.one("SELECT current_database(), current_setting('server_version')")
     probe.database, probe.server_version = str(row[0]), str(row[1])

@@ -80,8 +80,3 @@ class Section:
         if self.error is not None:
             out["error"] = self.error
         return out
-
-
-def qualified(schema: str, name: str) -> str:
-    """schema.name as shown to people (the SQL we print quotes through psycopg)."""
-    return f"{schema}.{name}"

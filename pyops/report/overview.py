@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from pyops.pgfacts import XID_LIMIT, level, server
 from pyops.report.context import Probe, safe_size, user_schemas
 from pyops.report.model import Advice, Column, Section, Severity, Table
 
-XID_LIMIT = 2**31
 # a cache ratio is only worth advice once enough blocks were read to mean something
 CACHE_MIN_BLOCKS_READ = 100_000
 CACHE_WARN_RATIO = 0.99
@@ -17,19 +17,10 @@ def _ratio(hit: int, read: int) -> float | None:
 
 def connections(probe: Probe) -> Section:
     """Client connections by state, against what max_connections allows."""
-    rows = probe.dicts(
-        "SELECT coalesce(state, 'unknown (no privilege)') AS state, count(*) AS total,"
-        " count(*) FILTER (WHERE datname = current_database()) AS this_db"
-        " FROM pg_stat_activity WHERE backend_type = 'client backend'"
-        " GROUP BY 1 ORDER BY 2 DESC, 1"
-    )
-    limit, reserved = probe.one(
-        "SELECT current_setting('max_connections')::int,"
-        " current_setting('superuser_reserved_connections')::int"
-    )
-    used = sum(int(r["total"]) for r in rows)
-    usable = max(1, int(limit) - int(reserved))
-    percent = round(100.0 * used / usable, 1)
+    facts = server.connections(probe)
+    rows, limit, reserved = facts.states, facts.max_connections, facts.reserved
+    used, usable = facts.used, facts.usable
+    percent = round(facts.percent, 1)
     section = Section(
         "connections",
         "Connections",
@@ -52,11 +43,12 @@ def connections(probe: Probe) -> Section:
             )
         ],
     )
-    opts = probe.options
-    if percent >= opts.connections_warn_percent:
-        severity: Severity = (
-            "critical" if percent >= opts.connections_critical_percent else "warning"
-        )
+    limits = probe.options.thresholds
+    judged = level(
+        facts.percent, limits.connections_warn_percent, limits.connections_critical_percent
+    )
+    if judged != "ok":
+        severity: Severity = judged
         section.advice.append(
             Advice(
                 severity,
@@ -194,14 +186,7 @@ def cache(probe: Probe) -> Section:
 def wraparound(probe: Probe) -> Section:
     """Transaction-id age of each database against the 2^31 horizon where PostgreSQL
     stops accepting writes."""
-    rows = probe.dicts(
-        "SELECT datname AS database, age(datfrozenxid)::bigint AS xid_age,"
-        " round(100.0 * age(datfrozenxid) / %(limit)s, 2)::float8 AS xid_percent,"
-        " mxid_age(datminmxid)::bigint AS multixact_age,"
-        " round(100.0 * mxid_age(datminmxid) / %(limit)s, 2)::float8 AS multixact_percent"
-        " FROM pg_database ORDER BY 2 DESC, 1",
-        {"limit": XID_LIMIT},
-    )
+    rows = server.wraparound(probe)
     freeze_max = probe.one("SELECT current_setting('autovacuum_freeze_max_age')::bigint")[0]
     section = Section(
         "wraparound",
@@ -226,14 +211,13 @@ def wraparound(probe: Probe) -> Section:
             f"({freeze_max}); PostgreSQL stops assigning ids near 100%"
         ],
     )
-    opts = probe.options
+    limits = probe.options.thresholds
     for r in rows:
-        percent = max(float(r["xid_percent"]), float(r["multixact_percent"]))
-        if percent < opts.wraparound_warn_percent:
+        percent = float(r["percent"])
+        judged = level(percent, limits.wraparound_warn_percent, limits.wraparound_critical_percent)
+        if judged == "ok":
             continue
-        severity: Severity = (
-            "critical" if percent >= opts.wraparound_critical_percent else "warning"
-        )
+        severity: Severity = judged
         section.advice.append(
             Advice(
                 severity,

@@ -172,9 +172,13 @@ def restore(
         discard()
         raise
 
+    # what the extractor could not restore as archived (an extended attribute or ACL
+    # this file system or user cannot set): part of the result, never silent
+    missing = "".join(f"\nWARNING: {w}" for w in tally.warnings)
+
     def commit() -> str:
         if into:
-            return f"restored {tally.files} files ({tally.bytes} bytes) into {into}"
+            return f"restored {tally.files} files ({tally.bytes} bytes) into {into}{missing}"
         kept = []
         for path in source_paths:
             staged = _staging(path, stamp)
@@ -186,6 +190,6 @@ def restore(
                 kept.append(str(moved_to))
             os.replace(staged, path)
         note = f"; previous kept as {', '.join(kept)}" if kept else ""
-        return f"restored {tally.files} files ({tally.bytes} bytes){note}"
+        return f"restored {tally.files} files ({tally.bytes} bytes){note}{missing}"
 
     return Staged(commit=commit, discard=discard)

@@ -21,26 +21,17 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pyops import stream, tarsafe
+from pyops import secrets, stream, tarsafe
 from pyops.config import PostgresTarget
 from pyops.errors import ConfigError, PyopsError, VerifyFailed
-from pyops.execute import DEVNULL, PIPE, Stage, first_line, hidden, in_thread, pipeline
+from pyops.execute import DEVNULL, PIPE, Stage, first_line, pipeline
 from pyops.manifest import Manifest
-from pyops.sources import Dump, RestorePlan, Staged
+from pyops.pgfacts import session
+from pyops.sources import Dump, RestorePlan, Staged, pgsnapshot
 from pyops.tools import pg
 
 log = logging.getLogger(__name__)
 PLAIN_END = b"-- PostgreSQL database dump complete"
-TABLES = """
-SELECT n.nspname, c.relname
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind = 'r'
-  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
-  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
-                  AND d.objid = c.oid AND d.deptype = 'e')
-ORDER BY 1, 2
-"""
 
 
 def extension(target: PostgresTarget) -> str:
@@ -54,7 +45,7 @@ def child_env(target: PostgresTarget) -> dict[str, str]:
     """What libpq children need: the password, from the variable the config names."""
     if not target.password_env:
         return {}
-    value = hidden(target.password_env)
+    value = secrets.get(target.password_env)
     if value is None:
         raise ConfigError(
             f"targets.{target.name}.password_env",
@@ -78,14 +69,17 @@ def where(target: PostgresTarget) -> str:
     return f"{parts.get('user') or 'current user'}@{host}:{port}/{parts.get('dbname')}"
 
 
-def connect(target: PostgresTarget, db: str | None = None, **kw: Any) -> psycopg.Connection[Any]:
+def connect(
+    target: PostgresTarget, db: str | None = None, application_name: str = "pyops", **kw: Any
+) -> psycopg.Connection[Any]:
+    """A plain connection; pgfacts.session.connect adds the session limits to it."""
     env = child_env(target)
     try:
         return psycopg.connect(
             conninfo(target, db),
             password=env.get("PGPASSWORD"),
             connect_timeout=10,
-            application_name="pyops",
+            application_name=application_name,
             **kw,
         )
     except psycopg.OperationalError as exc:
@@ -101,6 +95,10 @@ def explain_connect_error(target: PostgresTarget, text: str) -> str:
         return f"target {target.name}: password rejected for {where(target)}: {hint}"
     if "does not exist" in text and "database" in text:
         return f"target {target.name}: database missing at {where(target)}: {first}"
+    if "too many connections for" in text:
+        from pyops.sources import pgsnapshot
+
+        return pgsnapshot.connection_limit_message(target, text)
     if "Connection refused" in text or "No such file" in text or "timeout" in text:
         return (
             f"target {target.name}: cannot reach PostgreSQL at {where(target)}: is the server "
@@ -152,81 +150,58 @@ def client_for(target: PostgresTarget, server_major: int, name: str) -> tuple[Pa
 # --- dump ---------------------------------------------------------------------
 
 
-def count_rows(conn: psycopg.Connection[Any], tables: list[tuple[str, str]]) -> dict[str, int]:
-    counts = {}
-    with conn.cursor() as cur:
-        for schema, table in tables:
-            cur.execute(
-                sql.SQL("SELECT count(*) FROM {}.{}").format(
-                    sql.Identifier(schema), sql.Identifier(table)
-                )
-            )
-            row = cur.fetchone()
-            counts[f"{schema}.{table}"] = int(row[0]) if row else 0
-    return counts
-
-
 @contextlib.contextmanager
 def dump(target: PostgresTarget, scratch: Path) -> Iterator[Dump]:
+    """pg_dump from the snapshot pyops' own session exports and holds; that session
+    counts each table's rows meanwhile. A failure of that session is the cause of a
+    failed backup, and is raised as such (pgsnapshot explains)."""
     env = child_env(target)
+    snap = pgsnapshot.open_snapshot(target, lambda conn: _housekeeping(target, conn))
     try:
-        drop_restore_leftovers(target)
-    except (PyopsError, psycopg.Error) as exc:  # a backup must not fail over housekeeping
-        log.warning("could not check for leftovers of interrupted restores: %s", exc)
-    conn = connect(target)
-    try:
-        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        snapshot_row = conn.execute("SELECT pg_export_snapshot()").fetchone()
-        facts = conn.execute(
-            "SELECT current_database(), current_setting('server_version'), "
-            "current_setting('server_version_num')::int, pg_database_size(current_database()), "
-            "pg_encoding_to_char(encoding), datcollate, datctype "
-            "FROM pg_database WHERE datname = current_database()"
-        ).fetchone()
-        assert snapshot_row is not None and facts is not None
-        tables = [(str(s), str(t)) for s, t in conn.execute(TABLES).fetchall()]
-        server_major = int(facts[2]) // 10000
-        directory, banner = client_for(target, server_major, "pg_dump")
-        counts: dict[str, dict[str, int]] = {}
-
-        def count() -> None:
-            counts["tables"] = count_rows(conn, tables)
-
-        join = in_thread(count)
-        source = {
-            "database": facts[0],
-            "server_version": facts[1],
-            "size": int(facts[3]),
-            "encoding": facts[4],
-            "collate": facts[5],
-            "ctype": facts[6],
-        }
-
-        def content() -> dict[str, Any]:
-            join()
-            return {"tables": counts["tables"]}
-
-        snapshot = str(snapshot_row[0])
-        if target.format == "directory":
-            _dump_directory(target, directory, env, snapshot, scratch / "dump")
-            stages = [_tar_directory(scratch)]
-        else:
-            stages = [pg.pg_dump(directory, target.dsn, target.format, env=env, snapshot=snapshot)]
-        yield Dump(
-            format=target.format,
-            source=source,
-            tools={"pg_dump": banner},
-            stages=stages,
-            estimate=lambda: int(facts[3]),
-            content=content,
-        )
-        join()
+        directory, banner = client_for(target, snap.server_major, "pg_dump")
+        lock_wait_ms = max(1, round(target.lock_wait_seconds * 1000))
+        snap.start_counting()
+        try:
+            if target.format == "directory":
+                _dump_directory(target, directory, env, snap.id, scratch / "dump", lock_wait_ms)
+                stages = [_tar_directory(scratch)]
+            else:
+                stages = [
+                    pg.pg_dump(
+                        directory,
+                        target.dsn,
+                        target.format,
+                        env=env,
+                        snapshot=snap.id,
+                        lock_wait_ms=lock_wait_ms,
+                    )
+                ]
+            size = int(snap.source["size"])
+            yield Dump(
+                format=target.format,
+                source=snap.source,
+                tools={"pg_dump": banner},
+                stages=stages,
+                estimate=lambda: size,
+                content=lambda: {"tables": snap.counts()},
+            )
+            snap.counts()
+        except BaseException as exc:
+            cause = snap.explain(exc)
+            if cause is exc:
+                raise
+            raise cause from None
     finally:
-        conn.close()
+        snap.close()
 
 
 def _dump_directory(
-    target: PostgresTarget, directory: Path | None, env: dict[str, str], snapshot: str, out: Path
+    target: PostgresTarget,
+    directory: Path | None,
+    env: dict[str, str],
+    snapshot: str,
+    out: Path,
+    lock_wait_ms: int,
 ) -> None:
     """pg_dump -j needs a directory: it goes to the private scratch, then is streamed as
     tar through the encoders and removed (docs/operators-guide.md explains the trade-off)."""
@@ -238,6 +213,7 @@ def _dump_directory(
         snapshot=snapshot,
         jobs=target.jobs,
         directory=out,
+        lock_wait_ms=lock_wait_ms,
     )
     with pipeline([stage], stdout=PIPE) as running:
         for _ in running.chunks():
@@ -318,27 +294,45 @@ def _exists(conn: psycopg.Connection[Any], name: str) -> bool:
 
 
 def _maintenance_db(target: PostgresTarget) -> psycopg.Connection[Any]:
-    return connect(target, "postgres", autocommit=True)
+    """An autocommit session to the `postgres` database for CREATE/DROP/RENAME DATABASE,
+    with pgfacts' restore limits (a role's own statement_timeout does not apply)."""
+    return session.connect(
+        target, session.restore(target.lock_wait_seconds), purpose="restore", db="postgres"
+    )
 
 
 RESTORE_SUFFIX = "_pyops_restore_"
 STAMP_TAIL = re.compile(r"\d{8}T\d{6}Z$")
 
 
-def drop_restore_leftovers(target: PostgresTarget) -> list[str]:
+def drop_restore_leftovers(
+    target: PostgresTarget, conn: psycopg.Connection[Any] | None = None
+) -> list[str]:
     """Drop databases a killed in-place restore of this target left (`<db>_pyops_restore_
     <stamp>`). Only names pyops makes, and only under the repository lock, where no
-    other pyops run can be restoring."""
+    other pyops run can be restoring. `conn`: an autocommit session to use (a backup's
+    snapshot session, before its transaction: no extra connection); default: a new one
+    to the `postgres` database."""
+    if conn is None:
+        with _maintenance_db(target) as own:
+            return drop_restore_leftovers(target, own)
     prefix = _name(dbname(target), RESTORE_SUFFIX + "0" * 16)[:-16]
     dropped = []
-    with _maintenance_db(target) as conn:
-        names = [str(r[0]) for r in conn.execute("SELECT datname FROM pg_database").fetchall()]
-        for name in names:
-            if name.startswith(prefix) and STAMP_TAIL.fullmatch(name[len(prefix) :]):
-                log.warning("dropping %s, left by an interrupted restore", name)
-                _drop(conn, name)
-                dropped.append(name)
+    names = [str(r[0]) for r in conn.execute("SELECT datname FROM pg_database").fetchall()]
+    for name in names:
+        if name.startswith(prefix) and STAMP_TAIL.fullmatch(name[len(prefix) :]):
+            log.warning("dropping %s, left by an interrupted restore", name)
+            _drop(conn, name)
+            dropped.append(name)
     return dropped
+
+
+def _housekeeping(target: PostgresTarget, conn: psycopg.Connection[Any]) -> None:
+    """Before a backup: leftovers of interrupted restores go; failing that is a warning."""
+    try:
+        drop_restore_leftovers(target, conn)
+    except psycopg.Error as exc:
+        log.warning("could not check for leftovers of interrupted restores: %s", exc)
 
 
 def plan(target: PostgresTarget, into: str | None) -> RestorePlan:

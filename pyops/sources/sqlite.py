@@ -116,6 +116,8 @@ def _write(decoded: IO[bytes], dest: Path) -> None:
             while view:
                 view = view[os.write(fd, view) :]
         os.fsync(fd)
+    except OSError as exc:  # os.write names no file: say which one (disk full, ...)
+        raise OSError(exc.errno, exc.strerror, str(dest)) from exc
     finally:
         os.close(fd)
 

@@ -117,14 +117,14 @@ class S3Store:
         import boto3
         from botocore.config import Config as BotoConfig
 
-        from pyops.execute import hidden
+        from pyops import secrets
 
         # credentials from boto3's standard chain; the environment's were moved out of
-        # reach of child processes at start-up (App), so hand them over explicitly
+        # reach of child processes at start-up (pyops.secrets), so hand them over
         session = boto3.session.Session(
-            aws_access_key_id=hidden("AWS_ACCESS_KEY_ID"),
-            aws_secret_access_key=hidden("AWS_SECRET_ACCESS_KEY"),
-            aws_session_token=hidden("AWS_SESSION_TOKEN"),
+            aws_access_key_id=secrets.get("AWS_ACCESS_KEY_ID"),
+            aws_secret_access_key=secrets.get("AWS_SECRET_ACCESS_KEY"),
+            aws_session_token=secrets.get("AWS_SESSION_TOKEN"),
         )
         return session.client(
             "s3",

@@ -9,12 +9,20 @@ from pyops.execute import Stage
 
 def tar_create(paths: tuple[Path, ...], exclude: tuple[str, ...], index_file: Path) -> Stage:
     """Archive absolute `paths` relative to / (members like `srv/app/media/x`), listing
-    every member with its size into `index_file` for the manifest's content facts."""
+    every member with its size into `index_file` for the manifest's content facts.
+
+    POSIX (pax) format, so extended attributes and POSIX ACLs (`--xattrs --acls`) and
+    sparse files (`--sparse`, holes not stored) are kept; the per-file time records
+    pax would add are dropped, so a plain file costs what it did in GNU format."""
     argv = (
         "tar",
         "--create",
         "--file=-",
-        "--format=gnu",
+        "--format=posix",
+        "--pax-option=delete=atime,delete=ctime,delete=mtime",
+        "--xattrs",
+        "--acls",
+        "--sparse",
         "--directory=/",
         "--verbose",
         "--verbose",

@@ -25,13 +25,17 @@ def pg_dump(
     snapshot: str | None = None,
     jobs: int = 1,
     directory: Path | None = None,
+    lock_wait_ms: int | None = None,
 ) -> Stage:
+    """`lock_wait_ms`: give up on a table lock not granted within it (milliseconds, the
+    unit every server version accepts) instead of waiting forever."""
     argv = (
         program(bin_dir, "pg_dump"),
         "--no-password",
         f"--format={FORMAT_FLAGS[fmt]}",
         *(("--compress=0",) if fmt in ("custom", "directory") else ()),
         *((f"--snapshot={snapshot}",) if snapshot else ()),
+        *((f"--lock-wait-timeout={lock_wait_ms}",) if lock_wait_ms else ()),
         *((f"--jobs={jobs}",) if fmt == "directory" and jobs > 1 else ()),
         *((f"--file={directory}",) if fmt == "directory" and directory else ()),
         f"--dbname={conninfo}",

@@ -159,4 +159,6 @@ def test_symmetric_passphrase_changed_since_the_backup(env: Env, home: Path) -> 
     secret.write_text("another passphrase")
     result = one(env.config, "gpg_key")
     assert result.status == "critical", result.message
-    assert f"cannot decrypt {backup_id}: the secret key's passphrase is wrong" in result.message
+    assert f"cannot decrypt {backup_id}: wrong passphrase (encryption.passphrase_file" in (
+        result.message
+    )

@@ -6,8 +6,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pyops import config, metrics
+from pyops.config_rules import CHECK_NAMES, host_port
 from pyops.errors import ConfigError
-from pyops.health import registry, settings
+from pyops.health import registry
 from pyops.health.resp import RedisUrl, parse_info
 from pyops.health.result import Part, Result, combine, exit_code, order, score
 
@@ -51,8 +52,11 @@ def test_combine_and_order_put_the_worst_first() -> None:
     ("body", "key"),
     [
         ({"disk_min_free_percent": 120}, "health.disk_min_free_percent"),
-        ({"disk_critical_free_percent": 20}, "health.disk_critical_free_percent"),
-        ({"tls_critical_days": 30}, "health.tls_critical_days"),
+        (
+            {"disk_critical_free_percent": 20, "disk_min_free_percent": 10},
+            "health.disk_critical_free_percent",
+        ),
+        ({"tls_critical_days": 30, "tls_warn_days": 21}, "health.tls_critical_days"),
         ({"timeout_seconds": 0}, "health.timeout_seconds"),
         ({"http": ["ftp://x/"]}, "health.http[0]"),
         ({"redis": ["http://x"]}, "health.redis[0]"),
@@ -76,11 +80,11 @@ def test_metrics_dir_must_be_absolute() -> None:
 
 
 def test_host_port() -> None:
-    assert settings.host_port("example.org:443", "k", None) == ("example.org", 443)
-    assert settings.host_port("[::1]:8443", "k", None) == ("::1", 8443)
-    assert settings.host_port("mail.example.org", "k", 25) == ("mail.example.org", 25)
+    assert host_port("example.org:443", "k", None) == ("example.org", 443)
+    assert host_port("[::1]:8443", "k", None) == ("::1", 8443)
+    assert host_port("mail.example.org", "k", 25) == ("mail.example.org", 25)
     with pytest.raises(ConfigError):
-        settings.host_port("example.org", "k", None)
+        host_port("example.org", "k", None)
 
 
 def test_render_escapes_and_parses() -> None:
@@ -98,7 +102,7 @@ def test_render_escapes_and_parses() -> None:
 
 
 def test_registry_knows_every_check_and_selects() -> None:
-    assert tuple(registry.CHECKS) == settings.CHECK_NAMES
+    assert tuple(registry.CHECKS) == CHECK_NAMES
     plain = config.parse({})
     run, skipped = registry.select(plain, ())
     assert run == ["disk", "paths"]

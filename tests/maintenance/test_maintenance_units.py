@@ -14,13 +14,14 @@ from fixtures.cli import run_pyops
 from psycopg import sql
 
 from pyops import config as cfg
-from pyops.actions.maintenance import check_config
 from pyops.cli import cli
 from pyops.commands.maintenance import details_text, parse_operations
+from pyops.config_rules import split_table_name
 from pyops.errors import ConfigError
-from pyops.maintenance import ALL_OPERATIONS, Journal, bloat
+from pyops.maintenance import ALL_OPERATIONS, Journal
 from pyops.maintenance import cleanup as pgcleanup
 from pyops.maintenance import sqlite as sqliteops
+from pyops.pgfacts import bloat
 
 
 @pytest.mark.parametrize(
@@ -35,13 +36,13 @@ from pyops.maintenance import sqlite as sqliteops
     ],
 )
 def test_split_name(name: str, expected: tuple[str | None, str]) -> None:
-    assert pgcleanup.split_name(name, "k") == expected
+    assert split_table_name(name, "k") == expected
 
 
 @pytest.mark.parametrize("name", ["", "a.b.c", '"open', "a.", ".b", '"a"x'])
 def test_split_name_rejects(name: str) -> None:
     with pytest.raises(ConfigError, match=r"maintenance\.cleanup"):
-        pgcleanup.split_name(name, "maintenance.cleanup[0].table")
+        split_table_name(name, "maintenance.cleanup[0].table")
 
 
 def test_postgres_batch_statement_by_key_and_by_ctid() -> None:
@@ -139,9 +140,9 @@ def _maintenance(body: str) -> cfg.MaintenanceConfig:
         ),
     ],
 )
-def test_check_config_names_the_key(body: str, key: str) -> None:
+def test_config_rules_name_the_key(body: str, key: str) -> None:
     with pytest.raises(ConfigError) as err:
-        check_config(_maintenance(body))
+        _maintenance(body)
     assert err.value.key == key
 
 
@@ -193,10 +194,17 @@ def test_unknown_target_exits_2(make_config: MakeConfig, tmp_path: Path) -> None
 
 
 def test_bad_maintenance_config_exits_2(make_config: MakeConfig, tmp_path: Path) -> None:
-    rule = '\n[[maintenance.cleanup]]\ntarget = "media"\ntable = "t"\nwhere = "x"\nbatch_size = 0\n'
-    proc = run_pyops(_files_config(make_config, tmp_path, rule), "maintenance", "--all")
+    path = tmp_path / "db.sqlite3"
+    db = f'\n[[targets]]\nname = "db"\ntype = "sqlite"\npath = "{path}"\n'
+    rule = '\n[[maintenance.cleanup]]\ntarget = "db"\ntable = "t"\nwhere = "x"\nbatch_size = 0\n'
+    proc = run_pyops(_files_config(make_config, tmp_path, db + rule), "maintenance", "--all")
     assert proc.returncode == 2
     assert "maintenance.cleanup[0].batch_size" in proc.stderr
+    # a cleanup rule cannot name a files target
+    rule = '\n[[maintenance.cleanup]]\ntarget = "media"\ntable = "t"\nwhere = "x"\n'
+    proc = run_pyops(_files_config(make_config, tmp_path, rule), "maintenance", "--all")
+    assert proc.returncode == 2
+    assert "maintenance.cleanup[0].target: 'media' is a files target" in proc.stderr
 
 
 def test_files_targets_are_skipped_with_a_note(make_config: MakeConfig, tmp_path: Path) -> None:

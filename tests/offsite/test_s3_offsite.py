@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from fixtures.cli import PYOPS, run_pyops, write_config
+from fixtures.gpgkeys import kill_agent
 from fixtures.s3 import S3
 
 
@@ -220,10 +221,13 @@ def test_remote_deep_verify_of_an_encrypted_backup_checks_the_key_first(
         f'passphrase_file = "{secret}"\n'
     )
     config = sqlite_config(tmp_path, s3, sqlite_source, extra=extra)
-    ok(run_pyops(config, "backup"))
-    shutil.rmtree(tmp_path / "repo")  # only the bucket has it
-    ok(run_pyops(config, "verify", "--remote", "--deep"))
-    secret.write_text("wrong\n")
-    refused = run_pyops(config, "verify", "--remote", "--deep")
-    assert refused.returncode == 1
-    assert "wrong passphrase" in refused.stdout + refused.stderr
+    try:
+        ok(run_pyops(config, "backup"))
+        shutil.rmtree(tmp_path / "repo")  # only the bucket has it
+        ok(run_pyops(config, "verify", "--remote", "--deep"))
+        secret.write_text("wrong\n")
+        refused = run_pyops(config, "verify", "--remote", "--deep")
+        assert refused.returncode == 1
+        assert "wrong passphrase" in refused.stdout + refused.stderr
+    finally:
+        kill_agent(home)  # gpg started one for this home: leave nothing running

@@ -90,7 +90,7 @@ def test_sigterm_finishes_the_running_job_then_exits_0(tmp_path: Path) -> None:
     slow.chmod(0o755)
     code = (
         "import sys, pyops.scheduler as s\n"
-        f"s.run_as_child = lambda config: (lambda job: __import__('subprocess').call(['{slow}']))\n"
+        f"s.run_as_child = lambda *_: (lambda job: __import__('subprocess').call(['{slow}']))\n"
         "from pyops.cli import main\n"
         f"sys.argv = ['pyops', '--config', '{config}', 'schedule', 'run']\n"
         "main()\n"

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from pyops import config
+from pyops.cli import exit_code
 from pyops.config import (
     CleanupRule,
     FilesTarget,
@@ -19,7 +20,7 @@ from pyops.config import (
     load,
     parse,
 )
-from pyops.errors import ConfigError
+from pyops.errors import ConfigError, UsageError
 
 # Section 2 of the contract, verbatim.
 CONTRACT_EXAMPLE = """
@@ -172,9 +173,10 @@ def test_as_data_is_plain_and_holds_no_password() -> None:
 
 def test_unknown_target_on_the_command_line_names_the_option() -> None:
     cfg = parse(toml(CONTRACT_EXAMPLE))
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(UsageError) as info:
         cfg.target("nope")
-    assert info.value.key == "--target"
+    assert info.value.option == "--target"
+    assert exit_code(info.value) == 2
     assert "app-db, app-sqlite, media" in str(info.value)
 
 
@@ -348,7 +350,7 @@ def test_every_rule_names_its_key(text: str, key: str, fragment: str) -> None:
     assert err.key == key, str(err)
     assert str(err).startswith(f"config: {key}: "), str(err)
     assert fragment in str(err)
-    assert err.exit_code == 2
+    assert exit_code(err) == 2
 
 
 @pytest.mark.parametrize(

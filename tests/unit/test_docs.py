@@ -232,6 +232,23 @@ QUOTED_MESSAGES = [
     "no such file (create one with `pyops init`)",
     "contains a password; use password_env, ~/.pgpass or PGPASSFILE instead",
     "removing leftover of an interrupted run",
+    # PostgreSQL backups (issue 10 rows 3-5)
+    "is locked by another session",
+    "holds an ACCESS EXCLUSIVE lock on",
+    "waits for an ACCESS EXCLUSIVE lock on",
+    "Let it finish and run the backup again",
+    "end the session holding the lock: SELECT pg_terminate_backend(",
+    "A backup reads every table (pg_dump, and pyops' row count for the manifest)",
+    "connections at once for a consistent snapshot (pyops' snapshot session, which",
+    "has reached its CONNECTION LIMIT",
+    "pyops' snapshot session was canceled while reading",
+    "pyops sets statement_timeout = 0 for that session",
+    "--latest needs --target: the repository holds backups of several targets",
+    "--latest --remote needs --target: the bucket holds backups of several targets",
+    "--target: unknown target",
+    "one condition, without ';'",
+    "is a files target: cleanup deletes rows from postgres and sqlite targets only",
+    "must not be above health.",
 ]
 
 

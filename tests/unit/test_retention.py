@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pyops.actions.backup import resolve_tier
-from pyops.retention import Item, Policy, apply
+from pyops.retention import Item, Policy, apply, undersized
 
 T0 = datetime(2026, 11, 1, 2, 0, tzinfo=UTC)  # the 1st, and a Sunday
 POLICY = Policy(daily=7, weekly=5, monthly=12)
@@ -115,3 +115,57 @@ def test_invariants(spec: list[tuple[str, str, int]], d: int, w: int, m: int) ->
             deleted = [x for x in mine if x.item.tier == tier and not x.keep]
             if kept and deleted:
                 assert min(k.item.started for k in kept) >= max(x.item.started for x in deleted)
+
+
+# --- row 16 of issue 10: a run of bad (tiny) backups never pushes the good ones out ----
+
+
+def sized(day: int, size: int, accepted: bool = False) -> Item:
+    return Item(f"db.daily.{day:03d}", "db", "daily", T0 + timedelta(days=day), size, accepted)
+
+
+SMALL = Policy(daily=3, weekly=5, monthly=12, min_size_ratio=0.5)
+
+
+def kept_ids(items: list[Item], policy: Policy = SMALL) -> list[str]:
+    now = max(i.started for i in items)
+    return [d.item.id for d in apply(items, policy, now, tiers=["daily"]) if d.keep]
+
+
+def test_tiny_backups_are_kept_and_do_not_count() -> None:
+    good = [sized(d, 1000 + d) for d in range(5)]
+    bad = [sized(d, 10) for d in range(5, 12)]  # a week of dumps of an empty database
+    kept = kept_ids(good + bad)
+    # the three newest good ones survive, and every bad one is kept (flagged)
+    assert kept == sorted([i.id for i in bad] + [i.id for i in good[-3:]], reverse=True)
+    decisions = {d.item.id: d for d in apply(good + bad, SMALL, bad[-1].started, ["daily"])}
+    assert "not counted" in decisions[bad[0].id].reason
+    assert "pyops prune --accept" in decisions[bad[0].id].reason
+
+
+def test_a_normal_backup_after_the_tiny_ones_ends_the_exception() -> None:
+    items = [sized(d, 1000) for d in range(5)] + [sized(5, 10), sized(6, 1001)]
+    kept = kept_ids(items)
+    assert kept == [sized(6, 0).id, sized(5, 0).id, sized(4, 0).id]
+
+
+def test_an_accepted_size_becomes_the_new_normal() -> None:
+    items = [sized(d, 1000) for d in range(5)] + [sized(5, 10, accepted=True)]
+    items += [sized(d, 11) for d in range(6, 9)]
+    assert kept_ids(items) == [sized(8, 0).id, sized(7, 0).id, sized(6, 0).id]
+
+
+def test_the_size_rule_is_off_without_a_ratio() -> None:
+    items = [sized(d, 1000) for d in range(5)] + [sized(d, 10) for d in range(5, 9)]
+    plain = Policy(daily=3, weekly=5, monthly=12)
+    assert kept_ids(items, plain) == [sized(d, 0).id for d in (8, 7, 6)]
+
+
+@given(st.lists(st.integers(min_value=0, max_value=10_000), min_size=1, max_size=40))
+def test_the_newest_normal_backups_always_survive(sizes: list[int]) -> None:
+    items = [sized(d, s) for d, s in enumerate(sizes)]
+    kept = set(kept_ids(items))
+    flagged = undersized(items, SMALL.min_size_ratio)
+    normal = [i for i in reversed(items) if i.id not in flagged]
+    assert {i.id for i in normal[: SMALL.daily]} <= kept
+    assert set(flagged) <= kept

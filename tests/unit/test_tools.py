@@ -178,13 +178,16 @@ def test_no_compression_adds_no_stage_and_no_layer() -> None:
 
 # --------------------------------------------------------------------------- gpg
 
+HOMED = ("--homedir", "/etc/pyops/gnupg")
+OFFLINE = ("--no-auto-key-locate", "--no-auto-key-retrieve", "--disable-dirmngr")
+
 
 def test_encrypt_public() -> None:
     stage = gpg.encrypt_public(HOME, ("backup@example.org", "0xABCDEF"))
     assert stage.argv == (
         *BASE,
-        "--homedir",
-        "/etc/pyops/gnupg",
+        *HOMED,
+        *OFFLINE,
         "--trust-model",
         "always",
         "--compress-algo",
@@ -211,8 +214,9 @@ def test_encrypt_symmetric_takes_the_passphrase_by_fd() -> None:
     stage = gpg.encrypt_symmetric(HOME, 7)
     assert stage.argv == (
         *BASE,
-        "--homedir",
-        "/etc/pyops/gnupg",
+        *HOMED,
+        *OFFLINE,
+        "--no-symkey-cache",
         "--pinentry-mode",
         "loopback",
         "--passphrase-fd",
@@ -235,8 +239,9 @@ def test_decrypt_without_passphrase() -> None:
     stage = gpg.decrypt(HOME, None)
     assert stage.argv == (
         *BASE,
-        "--homedir",
-        "/etc/pyops/gnupg",
+        *HOMED,
+        *OFFLINE,
+        "--no-symkey-cache",
         "--output",
         "-",
         "--decrypt",
@@ -249,6 +254,8 @@ def test_decrypt_with_passphrase_fd() -> None:
     stage = gpg.decrypt(None, 9)
     assert stage.argv == (
         *BASE,
+        *OFFLINE,
+        "--no-symkey-cache",
         "--pinentry-mode",
         "loopback",
         "--passphrase-fd",
@@ -260,12 +267,17 @@ def test_decrypt_with_passphrase_fd() -> None:
     assert stage.pass_fds == (9,)
 
 
-def test_decrypt_probe_with_status_fd() -> None:
-    stage = gpg.decrypt(HOME, 9, status_fd=1, output="/dev/null")
+def test_decrypt_probe_reports_status_and_is_not_quiet() -> None:
+    # --quiet would drop the "ERROR pkdecrypt_failed 11" line that tells a wrong passphrase
+    stage = gpg.decrypt_probe(HOME, 9, ask=False)
     assert stage.argv == (
-        *BASE,
-        "--homedir",
-        "/etc/pyops/gnupg",
+        "gpg",
+        "--batch",
+        "--no-tty",
+        "--yes",
+        *HOMED,
+        *OFFLINE,
+        "--no-symkey-cache",
         "--pinentry-mode",
         "loopback",
         "--passphrase-fd",
@@ -276,7 +288,55 @@ def test_decrypt_probe_with_status_fd() -> None:
         "/dev/null",
         "--decrypt",
     )
-    assert stage.pass_fds == (9, 1)
+    assert stage.pass_fds == (9,)
+
+
+def test_decrypt_probe_without_passphrase_never_opens_a_pinentry_unless_asked() -> None:
+    unattended = gpg.decrypt_probe(HOME, None, ask=False).argv
+    assert unattended[unattended.index("--pinentry-mode") + 1] == "error"
+    assert "--pinentry-mode" not in gpg.decrypt_probe(HOME, None, ask=True).argv
+
+
+def test_list_keys() -> None:
+    stage = gpg.list_keys(HOME, "-backup@example.org")
+    assert stage.argv == (
+        *BASE,
+        *HOMED,
+        *OFFLINE,
+        "--trust-model",
+        "always",
+        "--with-colons",
+        "--fixed-list-mode",
+        "--with-keygrip",
+        "--list-sigs",
+        "--",
+        "-backup@example.org",
+    )
+    assert gpg.list_keys(None, secret=True).argv[-1] == "--list-secret-keys"
+
+
+def test_connect_agent_never_starts_an_agent() -> None:
+    stage = gpg.connect_agent(HOME, ["KEYINFO --list"])
+    assert stage.argv == ("gpg-connect-agent", *HOMED, "--no-autostart", "KEYINFO --list", "/bye")
+
+
+@pytest.mark.parametrize(
+    "stage",
+    [
+        gpg.encrypt_public(HOME, ("a@b",)),
+        gpg.encrypt_symmetric(HOME, 7),
+        gpg.decrypt(HOME, 9),
+        gpg.decrypt(HOME, None),
+        gpg.decrypt_probe(HOME, None, ask=True),
+        gpg.list_keys(HOME, "a@b"),
+    ],
+    ids=lambda s: " ".join(s.argv[-3:]),
+)
+def test_every_gpg_is_offline_and_keeps_secrets_off_argv(stage: Stage) -> None:
+    """No WKD, keyserver or dirmngr: a key that is not in the home is missing."""
+    for option in OFFLINE:
+        assert option in stage.argv
+    no_secret(stage)
 
 
 def test_gpg_version() -> None:
@@ -296,7 +356,11 @@ def test_tar_create() -> None:
         "tar",
         "--create",
         "--file=-",
-        "--format=gnu",
+        "--format=posix",
+        "--pax-option=delete=atime,delete=ctime,delete=mtime",
+        "--xattrs",
+        "--acls",
+        "--sparse",
         "--directory=/",
         "--verbose",
         "--verbose",

@@ -1,0 +1,341 @@
+"""Every rule a config must follow beyond its types, and the defaults that derive from
+what the operator wrote. `config.parse` applies them, so `pyops config check` catches
+all of it, and no command later refuses a config that check accepted.
+
+Pure, and imports no feature module (metrics, notify, health, maintenance): they
+import what they share from here (the health check names, `host_port`,
+`split_table_name`). Every error names its key (exit 2); a key the operator did not
+write is only named as a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Collection
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from pyops.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pyops.config import Config, HealthConfig, MaintenanceConfig
+
+NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+
+
+def check(config: Config, written: Collection[str]) -> Config:
+    """`config` with its derived defaults filled in, or ConfigError naming the key.
+    `written`: the dotted keys the operator wrote (`health.disk_min_free_percent`)."""
+    _targets(config)
+    _encryption_compression_retention(config)
+    _offsite(config)
+    _maintenance(config)
+    config = _health(config, written)
+    _notify(config)
+    _metrics(config)
+    return config
+
+
+# --- targets, encryption, compression, retention, offsite ------------------------------
+
+
+def _targets(config: Config) -> None:
+    seen: set[str] = set()
+    for i, t in enumerate(config.targets):
+        key = f"targets[{i}]"
+        if not t.name or not set(t.name) <= NAME_CHARS:
+            raise ConfigError(f"{key}.name", "use letters, digits, '-' and '_' only")
+        if t.name in seen:
+            raise ConfigError(f"{key}.name", f"duplicate target name {t.name!r}")
+        seen.add(t.name)
+        if t.type == "postgres":
+            _dsn(t.dsn, f"{key}.dsn")
+            if t.jobs < 1:
+                raise ConfigError(f"{key}.jobs", "must be at least 1")
+            if t.lock_wait_seconds < 1:
+                raise ConfigError(f"{key}.lock_wait_seconds", "must be at least 1 (seconds)")
+        if t.type == "files":
+            if not t.paths:
+                raise ConfigError(f"{key}.paths", "list at least one path")
+            for j, p in enumerate(t.paths):
+                if not p.is_absolute():
+                    raise ConfigError(f"{key}.paths[{j}]", f"must be absolute, not {str(p)!r}")
+
+
+def _dsn(dsn: str, key: str) -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        parts = conninfo_to_dict(dsn)
+    except Exception as exc:  # psycopg raises ProgrammingError with the parse error
+        raise ConfigError(key, f"not a valid connection string: {exc}") from None
+    if parts.get("password"):
+        raise ConfigError(
+            key, "contains a password; use password_env, ~/.pgpass or PGPASSFILE instead"
+        )
+    if not parts.get("dbname"):
+        raise ConfigError(key, "names no database (add /DBNAME or dbname=...)")
+
+
+def _encryption_compression_retention(config: Config) -> None:
+    enc = config.encryption
+    if enc.mode == "gpg-public" and not enc.recipients:
+        raise ConfigError(
+            "encryption.recipients", "mode = 'gpg-public' needs at least one recipient"
+        )
+    if enc.mode == "gpg-symmetric" and enc.passphrase_file is None:
+        raise ConfigError(
+            "encryption.passphrase_file", "mode = 'gpg-symmetric' needs a passphrase file"
+        )
+    comp = config.compression
+    limits = {"zstd": (1, 19), "gzip": (1, 9), "none": (0, 99)}[comp.algorithm]
+    if comp.algorithm != "none" and not limits[0] <= comp.level <= limits[1]:
+        raise ConfigError("compression.level", f"{comp.algorithm} takes {limits[0]}..{limits[1]}")
+    if comp.threads < 0:
+        raise ConfigError("compression.threads", "must be 0 (all cores) or more")
+    for tier in ("daily", "weekly", "monthly", "pre_restore_days"):
+        if getattr(config.retention, tier) < 0:
+            raise ConfigError(f"retention.{tier}", "must not be negative")
+
+
+def _offsite(config: Config) -> None:
+    offsite = config.offsite
+    if offsite.concurrency < 1:
+        raise ConfigError("offsite.concurrency", "must be at least 1")
+    if offsite.object_lock_days < 0:
+        raise ConfigError("offsite.object_lock_days", "must not be negative")
+    if offsite.sse == "aws:kms" and not offsite.kms_key_id:
+        raise ConfigError("offsite.kms_key_id", "sse = 'aws:kms' needs a key id")
+
+
+# --- [maintenance] and [[maintenance.cleanup]] ----------------------------------------
+
+
+def _maintenance(config: Config) -> None:
+    m: MaintenanceConfig = config.maintenance
+    if m.lock_timeout_seconds <= 0:
+        raise ConfigError("maintenance.lock_timeout_seconds", "must be more than 0")
+    if not 0 <= m.vacuum_min_dead_ratio <= 1:
+        raise ConfigError("maintenance.vacuum_min_dead_ratio", "must be between 0 and 1")
+    types = {t.name: t.type for t in config.targets}
+    for i, rule in enumerate(m.cleanup):
+        key = f"maintenance.cleanup[{i}]"
+        kind = types.get(rule.target)
+        if kind is None:
+            raise ConfigError(f"{key}.target", f"unknown target {rule.target!r}")
+        if kind == "files":
+            raise ConfigError(
+                f"{key}.target",
+                f"{rule.target!r} is a files target: cleanup deletes rows "
+                "from postgres and sqlite targets only",
+            )
+        schema, _ = split_table_name(rule.table, f"{key}.table")
+        if kind == "sqlite" and schema not in (None, "main"):
+            raise ConfigError(
+                f"{key}.table", f"a SQLite table is `table` or `main.table`, not {rule.table!r}"
+            )
+        if not rule.where.strip():
+            raise ConfigError(
+                f"{key}.where", "must not be empty (to delete every row, say so: true)"
+            )
+        if ";" in rule.where:
+            raise ConfigError(f"{key}.where", "one condition, without ';'")
+        if rule.batch_size < 1:
+            raise ConfigError(f"{key}.batch_size", "must be at least 1")
+
+
+def split_table_name(name: str, key: str) -> tuple[str | None, str]:
+    """`table`, `schema.table`, or double-quoted parts (`"My Schema"."My Table"`) ->
+    (schema or None, table). Names are taken as written: no case folding."""
+    parts: list[str] = []
+    i, n = 0, len(name)
+    while i < n:
+        if name[i] == '"':
+            j, buf = i + 1, []
+            while True:
+                if j >= n:
+                    raise ConfigError(key, f"unbalanced quote in {name!r}")
+                if name[j] == '"':
+                    if j + 1 < n and name[j + 1] == '"':
+                        buf.append('"')
+                        j += 2
+                        continue
+                    break
+                buf.append(name[j])
+                j += 1
+            parts.append("".join(buf))
+            i = j + 1
+        else:
+            j = name.find(".", i)
+            j = n if j < 0 else j
+            parts.append(name[i:j])
+            i = j
+        if i < n:
+            if name[i] != ".":
+                raise ConfigError(key, f"expected '.' after {parts[-1]!r} in {name!r}")
+            i += 1
+            if i == n:
+                parts.append("")
+    if not 1 <= len(parts) <= 2 or not all(parts):
+        raise ConfigError(key, f"expected table or schema.table, not {name!r}")
+    return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
+
+
+# --- [health] ----------------------------------------------------------------------------
+
+CHECK_NAMES = (
+    "database",
+    "disk",
+    "backup_freshness",
+    "offsite_freshness",
+    "drill_freshness",
+    "gpg_key",
+    "s3",
+    "tls",
+    "http",
+    "redis",
+    "smtp",
+    "paths",
+    "deadlocks",
+    "backup_size",
+    "connections",
+    "wraparound",
+    "long_running",
+    "blocking",
+    "manifests",
+)
+POSITIVE = (
+    "backup_max_age_hours",
+    "drill_max_age_days",
+    "weekly_max_age_days",
+    "monthly_max_age_days",
+    "timeout_seconds",
+    "db_latency_warn_ms",
+    "long_running_seconds",
+    "long_running_critical_seconds",
+    "blocking_critical_seconds",
+    "backup_size_min_ratio",
+)
+NON_NEGATIVE = ("tls_warn_days", "tls_critical_days", "gpg_expiry_warn_days", "redis_queue_warn")
+PERCENT = (
+    "disk_min_free_percent",
+    "disk_critical_free_percent",
+    "redis_memory_warn_percent",
+    "connections_warn_percent",
+    "connections_critical_percent",
+    "wraparound_warn_percent",
+    "wraparound_critical_percent",
+)
+# (lower, higher) pairs of a warning and a critical threshold: lower <= higher
+ORDERED = (
+    ("disk_critical_free_percent", "disk_min_free_percent"),
+    ("tls_critical_days", "tls_warn_days"),
+    ("connections_warn_percent", "connections_critical_percent"),
+    ("wraparound_warn_percent", "wraparound_critical_percent"),
+    ("long_running_seconds", "long_running_critical_seconds"),
+)
+
+
+def _health(config: Config, written: Collection[str]) -> Config:
+    h = config.health
+    for key in POSITIVE:
+        if getattr(h, key) <= 0:
+            raise ConfigError(f"health.{key}", "must be greater than 0")
+    for key in NON_NEGATIVE:
+        if getattr(h, key) < 0:
+            raise ConfigError(f"health.{key}", "must not be negative")
+    for key in PERCENT:
+        if not 0 <= getattr(h, key) <= 100:
+            raise ConfigError(f"health.{key}", "must be a percentage between 0 and 100")
+    derived: dict[str, Any] = dict(derived_thresholds(h, written))
+    if derived:
+        h = dataclasses.replace(h, **derived)
+        config = dataclasses.replace(config, health=h)
+    for low, high in ORDERED:
+        if getattr(h, low) > getattr(h, high):
+            raise ConfigError(
+                f"health.{low}", f"must not be above health.{high} ({getattr(h, high):g})"
+            )
+    for i, name in enumerate(h.checks):
+        if name not in CHECK_NAMES:
+            raise ConfigError(
+                f"health.checks[{i}]", f"unknown check {name!r} (known: {', '.join(CHECK_NAMES)})"
+            )
+    for i, entry in enumerate(h.tls):
+        host_port(entry, f"health.tls[{i}]", None)
+    for i, entry in enumerate(h.smtp):
+        host_port(entry, f"health.smtp[{i}]", 25)
+    for i, url in enumerate(h.http):
+        _url(url, f"health.http[{i}]", ("http", "https"))
+    for i, url in enumerate(h.redis):
+        _url(url, f"health.redis[{i}]", ("redis", "rediss"))
+    for i, key in enumerate(h.redis_queues):
+        if not key:
+            raise ConfigError(f"health.redis_queues[{i}]", "must not be empty")
+    return config
+
+
+def derived_thresholds(h: HealthConfig, written: Collection[str]) -> dict[str, float]:
+    """The defaults of a warning/critical pair follow the one key of it the operator
+    wrote, keeping the ratio r = default(higher) / default(lower): the lower key's
+    default is at most `higher / r` (`disk_min_free_percent = 1` alone: the critical
+    threshold is 0.5, not 5), the higher key's at least `lower x r` and, for a
+    percentage, at most halfway from the lower key to 100. A pair the operator wrote
+    whole, or not at all, is left as it is (docs/health.md)."""
+    defaults: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(h)}
+    changes: dict[str, float] = {}
+    for low, high in ORDERED:
+        low_set, high_set = f"health.{low}" in written, f"health.{high}" in written
+        ratio = defaults[high] / defaults[low]
+        if high_set and not low_set:
+            value = getattr(h, high)
+            changes[low] = min(defaults[low], round(value / ratio, 2), value)
+        elif low_set and not high_set:
+            value = getattr(h, low)
+            scaled = value * ratio
+            if high in PERCENT:
+                scaled = min(scaled, (value + 100) / 2)
+            changes[high] = max(defaults[high], round(scaled, 2), value)
+    return {k: v for k, v in changes.items() if v != getattr(h, k)}
+
+
+def host_port(entry: str, key: str, default_port: int | None) -> tuple[str, int]:
+    """'host:port', '[v6]:port' or (with a default) 'host'."""
+    host, sep, port = entry.rpartition(":")
+    if not sep or "]" in port:
+        host, port = entry, ""
+    host = host.strip("[]")
+    if not port:
+        if default_port is None:
+            raise ConfigError(key, f"expected host:port, not {entry!r}")
+        return host, default_port
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(key, f"expected host:port, not {entry!r}")
+    return host, int(port)
+
+
+def _url(url: str, key: str, schemes: tuple[str, ...]) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ConfigError(key, f"expected a {' or '.join(s + '://' for s in schemes)} URL")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ConfigError(key, "the port is not a number between 0 and 65535") from None
+
+
+# --- [notify], [metrics] -----------------------------------------------------------------
+
+
+def _notify(config: Config) -> None:
+    for key in ("on_start", "on_success", "on_failure"):
+        url = getattr(config.notify, key)
+        if url and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname):
+            raise ConfigError(f"notify.{key}", "expected an http:// or https:// URL")
+
+
+def _metrics(config: Config) -> None:
+    directory = config.metrics.textfile_dir
+    if directory and not Path(directory).is_absolute():
+        raise ConfigError("metrics.textfile_dir", f"must be an absolute path, not {directory!r}")

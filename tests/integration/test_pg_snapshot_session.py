@@ -1,0 +1,173 @@
+"""The backup's snapshot session (pyops.sources.pgsnapshot) against the real cluster
+and a real pg_dump, for what the CLI cannot time: a migration's ACCESS EXCLUSIVE
+request arriving between pyops' table locks and pg_dump's, and a row count
+canceled under pyops' feet. Each failure is explained by its cause, never by
+pg_dump's "could not import the requested snapshot"."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from fixtures.pgcluster import PgCluster
+
+from pyops import config
+from pyops.config import PostgresTarget
+from pyops.errors import StageFailed
+from pyops.sources import pgsnapshot
+
+pytestmark = pytest.mark.postgres
+
+
+def target(pg: PgCluster, db: str, wait: float = 1) -> PostgresTarget:
+    cfg = config.parse(
+        {
+            "targets": [
+                {"name": "app", "type": "postgres", "dsn": pg.dsn(db), "lock_wait_seconds": wait}
+            ]
+        }
+    )
+    t = cfg.targets[0]
+    assert isinstance(t, PostgresTarget)
+    return t
+
+
+@pytest.fixture
+def snap(pg: PgCluster, pg_db: str) -> Iterator[pgsnapshot.Snapshot]:
+    pg.psql(
+        "CREATE TABLE orders (id int PRIMARY KEY);"
+        "INSERT INTO orders SELECT generate_series(1, 1000);"
+        "CREATE TABLE wide AS SELECT g AS id, repeat(md5(g::text), 8) AS payload"
+        " FROM generate_series(1, 400000) g;",
+        dbname=pg_db,
+    )
+    opened = pgsnapshot.open_snapshot(target(pg, pg_db), lambda conn: None)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def test_a_migration_queued_between_our_locks_and_pg_dumps_is_named(
+    pg: PgCluster, pg_db: str, snap: pgsnapshot.Snapshot
+) -> None:
+    migration = pg.connect(pg_db, autocommit=False)
+    migration_pid = migration.info.backend_pid
+    queued = threading.Thread(
+        target=lambda: migration.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE"),
+        daemon=True,
+    )
+    queued.start()
+    try:
+        with pg.connect(pg_db) as watcher:
+            deadline = time.monotonic() + 10
+            while watcher.execute(
+                "SELECT cardinality(pg_blocking_pids(%s)) > 0", (migration_pid,)
+            ).fetchone() != (True,):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        proc = subprocess.run(
+            [
+                str(pg.bindir / "pg_dump"),
+                "--no-password",
+                "--format=c",
+                f"--snapshot={snap.id}",
+                "--lock-wait-timeout=1000",
+                f"--dbname={pg.dsn(pg_db)}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode != 0, "pg_dump should have given up on the queued lock"
+        failure = StageFailed("pg_dump", proc.returncode, proc.stderr.strip())
+        explained = snap.explain(failure)
+    finally:
+        snap.close()  # our locks go: the migration gets its lock
+        queued.join(10)
+        migration.rollback()
+        migration.close()
+    assert isinstance(explained, pgsnapshot.SnapshotFailed), explained
+    text = str(explained)
+    assert "table public.orders is locked by another session" in text, text
+    assert f"pid {migration_pid} (postgres" in text, text
+    assert "waits for an ACCESS EXCLUSIVE lock on public.orders" in text, text
+    assert "itself waiting for this backup's own session" in text, text
+    assert f"end the queued statement: SELECT pg_terminate_backend({migration_pid});" in text
+    assert "could not import" not in text
+
+
+def test_a_count_canceled_by_another_session_is_the_cause_naming_the_table(
+    pg: PgCluster, snap: pgsnapshot.Snapshot
+) -> None:
+    pid = snap.conn.info.backend_pid
+    with pg.connect() as admin:
+        for _ in range(5):  # a count that ends before the cancel lands is counted again
+            snap.start_counting()
+            deadline = time.monotonic() + 10
+            while snap._thread is not None and snap._thread.is_alive():
+                admin.execute(
+                    "SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
+                    "WHERE pid = %s AND state = 'active' AND query LIKE 'SELECT count(*)%%'",
+                    (pid,),
+                )
+                assert time.monotonic() < deadline, "the count never ended"
+            if snap._error is not None:
+                break
+    assert snap._error is not None, "the count was never canceled"
+    with pytest.raises(pgsnapshot.SnapshotFailed) as caught:
+        snap.counts()
+    text = str(caught.value)
+    assert "pyops' snapshot session was canceled while reading table public." in text, text
+    assert "pg_cancel_backend" in text
+    # and pg_dump's echo of it is not what the backup reports
+    echo = StageFailed("pg_dump", 1, "pg_dump: error: could not import the requested snapshot")
+    assert snap.explain(echo) is not echo
+    assert "canceled while reading table" in str(snap.explain(echo))
+
+
+def test_a_session_terminated_under_pg_dump_is_reported_as_such(
+    pg: PgCluster, snap: pgsnapshot.Snapshot
+) -> None:
+    with pg.connect() as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (snap.conn.info.backend_pid,))
+    time.sleep(0.2)
+    echo = StageFailed(
+        "pg_dump",
+        1,
+        "pg_dump: error: query failed: ERROR:  could not import the requested snapshot",
+    )
+    explained = snap.explain(echo)
+    assert isinstance(explained, pgsnapshot.SnapshotFailed), explained
+    assert "pyops' snapshot session was disconnected" in str(explained), explained
+
+
+def test_a_role_level_statement_timeout_does_not_reach_the_session(
+    pg: PgCluster, pg_db: str
+) -> None:
+    pg.execute(f"ALTER DATABASE {pg_db} SET statement_timeout = '1ms'")
+    pg.execute(f"ALTER DATABASE {pg_db} SET idle_in_transaction_session_timeout = '1ms'")
+    snap = pgsnapshot.open_snapshot(target(pg, pg_db), lambda conn: None)
+    try:
+        settings = dict(
+            snap.conn.execute(
+                "SELECT name, setting FROM pg_settings WHERE name IN "
+                "('statement_timeout', 'idle_in_transaction_session_timeout', 'lock_timeout')"
+            ).fetchall()
+        )
+        assert settings == {
+            "statement_timeout": "0",
+            "idle_in_transaction_session_timeout": "0",
+            "lock_timeout": "1000",
+        }
+        time.sleep(0.1)  # idle in its transaction, holding the snapshot: still alive
+        assert snap.conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        snap.close()
+    with psycopg.connect(pg.dsn(pg_db)) as plain:
+        assert plain.execute("SHOW statement_timeout").fetchone() == ("1ms",)
