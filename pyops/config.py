@@ -204,7 +204,7 @@ class HealthConfig:
     )
     wraparound_warn_percent: float = opt(
         50.0,
-        "wraparound: warn above this % of 2^31 (xid age); "
+        "wraparound: warn above this % of 2^31 (xid or multixact age, the nearer); "
         "set alone, wraparound_critical_percent follows (docs/health.md)",
     )
     wraparound_critical_percent: float = opt(

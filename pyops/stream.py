@@ -120,5 +120,9 @@ def decoded(chunks: Iterable[bytes], decoders: list[Stage]) -> Iterator[IO[bytes
         with contextlib.suppress(Exception):
             join()
         raise
-    join()
+    try:
+        join()  # the feed's own verdict first: e.g. the checksum, once the last byte passed
+    except BaseException:
+        running.kill()
+        raise
     running.finish()

@@ -35,7 +35,7 @@ class Prepared:
     target: Target
     plan: RestorePlan
 
-    def preview(self, now_text: str, age_text: str) -> str:
+    def preview(self, age_text: str) -> str:
         m = self.backup.manifest
         src = (
             m.source.get("database") or m.source.get("path") or ", ".join(m.source.get("paths", []))
@@ -57,7 +57,7 @@ HEAD = 1 << 16
 GOOD_CANDIDATES = 5
 
 
-def choose(app: App, backup_id: str | None, latest: bool, target: str | None) -> Backup:
+def choose(app: App, backup_id: str | None, target: str | None) -> Backup:
     """The backup named by id (another repository's too, when named explicitly), or the
     newest of this repository's, once its artifact has passed its checksum: a damaged
     newest one is refused, naming the newest good one."""

@@ -261,10 +261,10 @@ def restore(
         if remote:
             chosen = sync_action.fetch(app, sync_action.find_remote(app, backup_id, target))
         else:
-            chosen = restore_action.choose(app, backup_id, latest, target)
+            chosen = restore_action.choose(app, backup_id, target)
         rec["targets"] = [chosen.manifest.target]
         prepared = restore_action.prepare(app, chosen, into)
-        click.echo(prepared.preview("", _age(chosen.manifest.started)), err=True)
+        click.echo(prepared.preview(_age(chosen.manifest.started)), err=True)
 
         def ask(prompt: str) -> str:
             if yes:

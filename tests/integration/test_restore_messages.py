@@ -112,6 +112,20 @@ def test_restore_latest_with_no_good_backup_says_so(pyops: Pyops) -> None:
     assert "pyops list --remote" in proc.stderr, output(proc)
 
 
+def test_restore_latest_whose_newest_artifact_is_missing_names_the_newest_good(
+    pyops: Pyops,
+) -> None:
+    _, (_oldest, middle, newest) = three_backups(pyops)
+    pyops.artifact(newest).unlink()
+
+    proc = pyops.run("restore", "--latest", "--into", str(pyops.root / "x.sqlite3"), "--yes")
+
+    assert proc.returncode == 1, output(proc)
+    assert f"the newest backup {newest} cannot be read:" in proc.stderr, output(proc)
+    assert "is missing" in proc.stderr, output(proc)
+    assert f"pyops restore {middle}" in proc.stderr, output(proc)
+
+
 def test_restore_by_id_of_a_damaged_backup_says_the_checksum_failed(pyops: Pyops) -> None:
     """Found while streaming: zstd (or the integrity check) fails before the sha256 is
     compared, and the message still says what it is."""
