@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import signal
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,6 +25,7 @@ from fault_support import (
     wait_for,
     zstd,
 )
+from fixtures.tmpfs import small_tmpfs
 
 TARGET = "media"
 
@@ -68,22 +67,8 @@ def test_stage_sigkilled_mid_stream(
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """An 8 MB tmpfs (root only), unmounted afterwards."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("mounting a tmpfs needs root")
-    got = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if got.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {got.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small", "8m", "0700") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_disk_full_mid_write(repo: Repo, small_fs: Path, tmp_path: Path) -> None:

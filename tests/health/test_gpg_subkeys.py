@@ -14,11 +14,9 @@ import pytest
 from fixtures.gpgkeys import (
     GpgKey,
     add_encryption_subkey,
-    cleanup_home,
-    daemons_for,
     generate_key,
     key_with_expired_encryption_subkey,
-    make_gnupghome,
+    private_home,
     revoke_key,
     sign_only_key,
 )
@@ -27,12 +25,8 @@ from health_support import Env, q
 
 @pytest.fixture
 def home() -> Iterator[Path]:
-    path = make_gnupghome()
-    try:
+    with private_home() as path:
         yield path
-    finally:
-        cleanup_home(path)
-        assert daemons_for(path) == [], "a gpg daemon outlived the test"
 
 
 def gpg_key(env: Env, key: GpgKey) -> tuple[int, dict[str, Any]]:

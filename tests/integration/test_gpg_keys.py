@@ -17,12 +17,11 @@ import pytest
 from fixtures.gpgkeys import (
     GpgKey,
     add_encryption_subkey,
-    cleanup_home,
     daemons_for,
     expired_key,
     generate_key,
     key_with_expired_encryption_subkey,
-    make_gnupghome,
+    private_home,
     revoke_key,
     sign_only_key,
 )
@@ -34,12 +33,8 @@ from pyops.tools import gpg
 
 @pytest.fixture
 def home() -> Iterator[Path]:
-    path = make_gnupghome()
-    try:
+    with private_home() as path:
         yield path
-    finally:
-        cleanup_home(path)
-        assert daemons_for(path) == [], "a gpg daemon outlived the test"
 
 
 def encryption(recipient: str, home: Path) -> str:

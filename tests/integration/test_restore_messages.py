@@ -11,13 +11,13 @@ leaves nothing behind."""
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fixtures.tmpfs import small_tmpfs
 from integration_helpers import (
     Pyops,
     compression,
@@ -170,22 +170,8 @@ def test_restore_by_id_of_a_truncated_files_backup(pyops: Pyops, tmp_path: Path)
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 2 MB tmpfs (root only), unmounted afterwards."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("mounting a tmpfs needs root")
-    got = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if got.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {got.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small", "2m", "0755") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def big_sqlite(path: Path, megabytes: float) -> None:
