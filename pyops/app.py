@@ -130,21 +130,28 @@ class App:
         it finds in the bucket when it first reads from it (the disaster-recovery case:
         `restore --remote` records it). `create` (under the lock, by commands that
         write): the identity is recorded, and a repository without one gets a new one,
-        never another's: a second repository under a used prefix is then refused."""
+        never another's: a second repository under a used prefix (a second config on
+        the same machine, even one sharing the key file) is then refused. A writing
+        command cannot tell a replacement host from such a neighbour; a read can."""
         if self._identity is None:
-            self._identity = self._read_identity(self.local_store())
-            self._identity_stored = self._identity is not None
             key = self.key
-            found = self._identity
-            if found is not None and key and found.mac and not found.authentic(key):
+            found = self._read_identity(self.local_store())
+            if found is not None and key and not found.authentic(key):
                 raise PyopsError(
                     f"{self.repo}/{IDENTITY_KEY} is not authenticated by the repository key: "
-                    "it was altered, or repository.key_file belongs to another repository"
+                    + (
+                        "it was written before the key existed; run `pyops init --new-key` "
+                        "to seal it (and older manifests)"
+                        if not found.mac
+                        else "it was altered, or repository.key_file belongs to another repository"
+                    )
                 )
+            self._identity_stored = found is not None
             if found is None and not create:
-                self._identity = self._adoptable()
-                if self._identity is not None:
-                    log.info("adopting repository %s from the bucket", self._identity.repository_id)
+                found = self._adoptable()
+                if found is not None:
+                    log.info("adopting repository %s from the bucket", found.repository_id)
+            self._identity = found
         if create and not self._identity_stored:
             self._identity = self._identity or new_identity(self.config.host, self.key)
             make_private_dir(self.repo)
@@ -166,7 +173,7 @@ class App:
         if found is not None and key is not None and not found.authentic(key):
             log.warning(
                 "the repository identity in %s is not authenticated by repository.key_file: "
-                "not adopted (another repository's, or the wrong key)",
+                "not adopted (altered, another repository's, or the wrong key)",
                 self.remote_store().describe(),
             )
             return None
@@ -193,9 +200,27 @@ class App:
         if write in self._remote_checked or True in self._remote_checked:
             return self._catalog(store, ours)  # this run already checked (and wrote) it
         theirs = self._read_identity(store)
+        key = self.key
         if theirs is None:
             if write and ours is not None:
                 store.put_bytes(IDENTITY_KEY, ours.to_json())
+        elif (
+            key is not None
+            and theirs.mac
+            and not theirs.authentic(key)
+            and ours is not None
+            and theirs.repository_id == ours.repository_id
+        ):
+            message = (
+                f"the repository identity in {store.describe()} carries this repository's id "
+                "but is not authenticated by repository.key_file: it was altered"
+            )
+            if write:
+                raise PyopsError(
+                    f"{message}. Nothing was uploaded; put {self.repo}/{IDENTITY_KEY} back "
+                    f"as {IDENTITY_KEY} under that prefix"
+                )
+            log.warning("%s", message)
         elif ours is None or theirs.repository_id != ours.repository_id:
             message = (
                 f"{store.describe()} holds the backups of another repository "
@@ -207,8 +232,13 @@ class App:
                     f"{message}. Two repositories must not share a prefix: set [repository] "
                     "host (or [offsite] prefix) to one of this repository's own. (A host "
                     "replacing a lost one adopts the bucket's identity when its empty "
-                    "repository first restores from the bucket: docs/disaster-recovery.md)"
+                    "repository first restores from the bucket: if this host replaces the "
+                    f"lost one and backed up first, remove {self.repo}/{IDENTITY_KEY} and "
+                    "the backups taken here, then restore; docs/disaster-recovery.md)"
                 )
             log.warning("%s: its backups are listed as foreign and not touched", message)
+        elif write and key is not None and not theirs.mac and ours is not None and ours.mac:
+            # written before the repository had a key: seal it, so a DR host can adopt it
+            store.put_bytes(IDENTITY_KEY, ours.to_json())
         self._remote_checked.add(write)
         return self._catalog(store, ours)

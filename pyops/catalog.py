@@ -115,16 +115,24 @@ class Catalog:
             mf.check_place(m, target, tier, stem)
         except (InvalidManifest, StoreError) as exc:
             return None, Refusal(key, str(exc).removeprefix(f"{key}: ")), False
-        if m.repository_id and self.repository_id and m.repository_id != self.repository_id:
-            return None, Refusal(key, f"belongs to repository {m.repository_id}"), True
+        ours = self.repository_id
+        other = bool(m.repository_id and ours and m.repository_id != ours)
         if self.key is None:
+            if other:
+                return None, Refusal(key, f"belongs to repository {m.repository_id}"), True
             return Backup(m, False), None, False
         if mf.authentic(self.key, m):
+            if other:  # sealed with our key, by another repository sharing it
+                return None, Refusal(key, f"belongs to repository {m.repository_id}"), True
             return Backup(m, True), None, False
+        # with a key, only an authentic manifest may say whose it is: a changed
+        # repository_id must not turn a forged or altered manifest into a "foreign" one
         if m.mac:
             why = "its MAC does not match the repository key: forged or altered"
             return None, Refusal(key, why), False
         if self.allow_unauthenticated:
+            if other:
+                return None, Refusal(key, f"belongs to repository {m.repository_id}"), True
             return Backup(m, False), None, False
         why = (
             "unauthenticated (no MAC): written before the repository key existed, or forged "
@@ -278,6 +286,8 @@ def copy(
     m = backup.manifest
     key = backup.artifact_key
     data = src.read_manifest_bytes(backup)
+    if Manifest.parse(data, backup.manifest_key) != m:  # not what was validated and judged
+        raise PyopsError(f"{backup.id}: its manifest in {src.describe()} changed while copied")
     there = None if fresh else dst.store.stat(key)
     artifact_there = there is not None and there.size == m.size and there.sha256 == m.sha256
     if artifact_there and _same_bytes(dst, backup.manifest_key, data):

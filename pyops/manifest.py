@@ -196,11 +196,35 @@ def _shape_problems(raw: dict[str, Any]) -> list[str]:
             problems.append("started_at has no time zone")
     except ValueError:
         problems.append("started_at is not a time")
+    problems += _fact_problems(raw["source"], raw.get("content", {}))
     rid = raw.get("repository_id", "")
     if rid and not REPO_ID_RE.match(rid):
         problems.append("repository_id is malformed")
     if not all(isinstance(w, str) for w in raw.get("warnings", [])):
         problems.append("warnings must be strings")
+    return problems
+
+
+def _fact_problems(source: dict[str, Any], content: dict[str, Any]) -> list[str]:
+    """The facts restore and drill read: each of the type they read it as."""
+    problems = []
+    for key in ("paths", "exclude"):
+        value = source.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            problems.append(f"source.{key} must be a list of strings")
+    for key in ("database", "path", "encoding", "collate", "ctype"):
+        if key in source and not isinstance(source[key], str):
+            problems.append(f"source.{key} must be a string")
+    tables = content.get("tables", {})
+    if not isinstance(tables, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+        for k, v in tables.items()
+    ):
+        problems.append("content.tables must map table names to row counts")
+    for key in ("files", "bytes"):
+        value = content.get(key, 0)
+        if not isinstance(value, int) or isinstance(value, bool):
+            problems.append(f"content.{key} must be a count")
     return problems
 
 

@@ -78,25 +78,53 @@ def init(ctx: Ctx, repo_path: Path | None, new_key: bool) -> None:
         click.echo(f"created repository key {key_file} (0600): keep a copy with the gpg key")
     app = ctx.app()
     with app.lock("init"):
+        if new_key and app.key:
+            seal_identity(app, app.key)
         identity = app.identity(create=True)
         assert identity is not None
         if new_key and app.key:
             signed = adopt_unauthenticated(app)
             if signed:
                 click.echo(f"signed {signed} older manifests whose artifacts check out")
+            if cfg.offsite.bucket:
+                # the bucket's copy of the identity and of each manifest, sealed too: a
+                # disaster-recovery host with the key trusts nothing else
+                from pyops.actions import sync as sync_action
+
+                try:
+                    result = sync_action.sync(app, [t.name for t in cfg.targets])
+                except PyopsError as exc:
+                    result = None
+                    click.echo(f"warning: the bucket was not updated: {exc}", err=True)
+                if result is not None:
+                    click.echo(
+                        f"bucket: {len(result.uploaded)} backups or manifests updated, "
+                        f"{len(result.present)} already there, {len(result.failed)} failed"
+                        + ("; run `pyops sync`" if result.failed else "")
+                    )
     click.echo(f"repository {cfg.repository.path} ready (0700), id {identity.repository_id}")
 
 
-def adopt_unauthenticated(app: App) -> int:
-    """Seal what the repository held before it had a key: the identity, and each
-    manifest without a MAC whose artifact still has the manifest's sha256. Whoever
-    runs this with the key vouches for the repository as it is now."""
-    from pyops.identity import IDENTITY_KEY
+def seal_identity(app: App, key: bytes) -> None:
+    """An identity written before the repository had a key gets its MAC now."""
+    from pyops.identity import IDENTITY_KEY, Identity
+    from pyops.storage import NotFound, read_small
 
+    store = app.local_store()
+    try:
+        found = Identity.parse(read_small(store, IDENTITY_KEY, 1 << 16), IDENTITY_KEY)
+    except NotFound:
+        return
+    if not found.mac:
+        store.put_bytes(IDENTITY_KEY, found.sealed(key).to_json())
+
+
+def adopt_unauthenticated(app: App) -> int:
+    """Seal each manifest the repository held before it had a key (no MAC) whose
+    artifact still has the manifest's sha256. Whoever runs this with the key vouches
+    for the repository as it is now."""
     identity = app.identity()
     store = app.local_store()
-    if identity is not None and not identity.mac and app.key:
-        store.put_bytes(IDENTITY_KEY, identity.sealed(app.key).to_json())
     lenient = Catalog(
         store,
         repository_id=identity.repository_id if identity else None,

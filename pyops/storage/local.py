@@ -113,10 +113,10 @@ class LocalStore:
 
     def open_chunks(self, key: str) -> Iterator[bytes]:
         path = self.path(key)
-        fd = self._open(path)
+        f = open(self._open(path), "rb", buffering=0)  # noqa: SIM115 - closed by the generator, or when collected
 
         def chunks() -> Iterator[bytes]:
-            with open(fd, "rb", buffering=0) as f:
+            with f:
                 while chunk := f.read(CHUNK):
                     yield chunk
 

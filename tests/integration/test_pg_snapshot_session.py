@@ -135,8 +135,12 @@ def test_a_session_terminated_under_pg_dump_is_reported_as_such(
     pg: PgCluster, snap: pgsnapshot.Snapshot
 ) -> None:
     with pg.connect() as admin:
-        admin.execute("SELECT pg_terminate_backend(%s)", (snap.conn.info.backend_pid,))
-    time.sleep(0.2)
+        pid = snap.conn.info.backend_pid
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        deadline = time.monotonic() + 30  # terminate returns before the backend is gone
+        while admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone():
+            assert time.monotonic() < deadline, "the snapshot session did not end"
+            time.sleep(0.02)
     echo = StageFailed(
         "pg_dump",
         1,
