@@ -73,6 +73,14 @@ class Listing:
     refused: list[Refusal] = field(default_factory=list)  # invalid, forged, unauthenticated
     foreign: list[Refusal] = field(default_factory=list)  # another repository's: not touched
 
+    def report(self, prefix: str, where: str, consequence: str) -> None:
+        """Say what the catalog would not use: an operator must see a forged manifest."""
+        for refusal in self.refused:
+            log.warning("%s: %s: %s: %s", prefix, refusal.key, refusal.reason, consequence)
+        if self.foreign:
+            keys = ", ".join(r.key for r in self.foreign)
+            log.warning("%s: foreign backups under %s: not touched (%s)", prefix, where, keys)
+
     def latest(self, target: str | None = None) -> Backup | None:
         for b in self.backups:
             if b.manifest.tier != "pre-restore" and (target is None or b.manifest.target == target):

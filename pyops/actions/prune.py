@@ -79,14 +79,7 @@ def plan(
     app: App, catalog: Catalog, target: str, tiers: Sequence[str] | None
 ) -> list[tuple[Backup, retention.Decision]]:
     listing = catalog.scan(target)
-    for refusal in listing.refused:
-        log.warning("prune: %s: %s: not counted, not deleted", refusal.key, refusal.reason)
-    if listing.foreign:
-        log.warning(
-            "prune: foreign backups under %s: not touched (%s)",
-            catalog.describe(),
-            ", ".join(r.key for r in listing.foreign),
-        )
+    listing.report("prune", catalog.describe(), "not counted, not deleted")
     backups = {b.id: b for b in listing.backups}
     ok = accepted(app)
     items = [

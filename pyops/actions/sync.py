@@ -14,7 +14,7 @@ from typing import Any
 
 from pyops import catalog as cat
 from pyops.app import App
-from pyops.catalog import Backup, Catalog, Listing
+from pyops.catalog import Backup, Catalog
 from pyops.errors import PyopsError, UsageError
 from pyops.fsutil import make_private_dir, write_atomic
 from pyops.manifest import ID_RE, Manifest, artifact_extension
@@ -39,18 +39,6 @@ def mark_offsite(app: App, manifest: Manifest) -> None:
 def known_offsite(app: App, manifest: Manifest) -> bool:
     path = _marker(app, manifest.id)
     return path.exists() and path.read_text().strip() == manifest.sha256
-
-
-def report(listing: Listing, where: str) -> None:
-    """Say what the catalog would not use: an operator must see a forged manifest."""
-    for refusal in listing.refused:
-        log.warning("%s: %s: %s: not used", where, refusal.key, refusal.reason)
-    if listing.foreign:
-        log.warning(
-            "foreign backups under %s: not touched (%s)",
-            where,
-            ", ".join(r.key for r in listing.foreign),
-        )
 
 
 # --- upload -------------------------------------------------------------------
@@ -103,7 +91,7 @@ def sync(app: App, targets: list[str]) -> SyncResult:
     result = SyncResult(aborted_uploads=abort(ours) if abort else 0)
     for target in targets:
         listing = local.scan(target)
-        report(listing, local.describe())
+        listing.report("sync", local.describe(), "not used")
         for backup in reversed(listing.backups):
             try:
                 if upload(app, local, remote, backup):
@@ -196,7 +184,7 @@ def find_remote(app: App, backup_id: str | None, target: str | None) -> Backup:
     if backup_id:
         return remote.find(backup_id, foreign_ok=True)
     listing = remote.scan(target)
-    report(listing, remote.describe())
+    listing.report("remote", remote.describe(), "not used")
     found = [b for b in listing.backups if b.manifest.tier != "pre-restore"]
     if not found:
         what = f"backup of {target}" if target else "backup"

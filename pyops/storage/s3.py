@@ -94,14 +94,6 @@ class PartReader(io.RawIOBase):
         buffer[: len(data)] = data
         return len(data)
 
-    def b64sha256(self) -> str:
-        h = hashlib.sha256()
-        self.seek(0)
-        while chunk := self.read(DOWNLOAD_CHUNK):  # sized reads: flat memory
-            h.update(chunk)
-        self.seek(0)
-        return base64.b64encode(h.digest()).decode()
-
 
 class S3Store:
     """One bucket, under one root prefix (`<prefix>/<host>/`)."""
