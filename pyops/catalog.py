@@ -55,6 +55,20 @@ class Backup:
     def manifest_key(self) -> str:
         return manifest_key(self.id)
 
+    def attachment_key(self, kind: str) -> str:
+        m = self.manifest
+        return f"{m.target}/{m.tier}/{m.attachments[kind]['name']}"
+
+    @property
+    def data_keys(self) -> list[tuple[str, int, str]]:
+        """(key, bytes, sha256) of every file of the backup but its manifest: the
+        artifact first, then the attachments."""
+        m = self.manifest
+        out = [(self.artifact_key, m.size, m.sha256)]
+        for kind, entry in sorted(m.attachments.items()):
+            out.append((self.attachment_key(kind), int(entry["bytes"]), str(entry["sha256"])))
+        return out
+
 
 @dataclass(frozen=True)
 class Refusal:
@@ -238,7 +252,11 @@ class Catalog:
     def delete(self, backup: Backup) -> None:
         """Manifest first: from that moment it is no longer a backup."""
         self.store.delete(backup.manifest_key)
-        self.store.delete(backup.artifact_key)
+        for key, _size, _sha in backup.data_keys:
+            self.store.delete(key)
+
+    def attachment(self, backup: Backup, kind: str) -> Iterator[bytes]:
+        return self.store.open_chunks(backup.attachment_key(kind))
 
     def leftovers(self, target: str) -> list[str]:
         """Keys of dead runs: temp files whose process is gone, and artifacts whose
@@ -261,7 +279,7 @@ class Catalog:
             stem = ".".join(name.split(".")[:3])
             if (
                 mf.ID_RE.match(stem)
-                and mf.artifact_extension(stem, name) is not None
+                and mf.object_of_backup(stem, name)
                 and f"{target}/{tier}/{stem}{MANIFEST_SUFFIX}" not in names
             ):
                 out.append(info.key)
@@ -280,42 +298,50 @@ def _made_by_pyops(name: str) -> bool:
     stem = ".".join(name.split(".")[:3])
     if not mf.ID_RE.match(stem):
         return False
-    return name == f"{stem}{MANIFEST_SUFFIX}" or mf.artifact_extension(stem, name) is not None
+    return name == f"{stem}{MANIFEST_SUFFIX}" or mf.object_of_backup(stem, name)
 
 
 def copy(
     src: Catalog, dst: Catalog, backup: Backup, progress: Progress = None, fresh: bool = False
 ) -> bool:
-    """Upload and fetch are this one copy: the artifact streamed into `dst` with its
-    sha256 checked against the manifest (nothing stored when it differs), then the
-    manifest, byte for byte, last. What `dst` already holds identically (an artifact
-    whose recorded size and sha256 match, the same manifest bytes) is not sent again,
-    unless `fresh`. Returns whether anything was sent."""
-    m = backup.manifest
-    key = backup.artifact_key
+    """Upload and fetch are this one copy: the artifact and the attachments streamed
+    into `dst`, each with its sha256 checked against the manifest (nothing stored when
+    it differs), then the manifest, byte for byte, last. What `dst` already holds
+    identically (an object whose recorded size and sha256 match, the same manifest
+    bytes) is not sent again, unless `fresh`. Returns whether anything was sent."""
     data = src.read_manifest_bytes(backup)
-    if Manifest.parse(data, backup.manifest_key) != m:  # not what was validated and judged
+    if Manifest.parse(data, backup.manifest_key) != backup.manifest:  # not what was judged
         raise PyopsError(f"{backup.id}: its manifest in {src.describe()} changed while copied")
-    there = None if fresh else dst.store.stat(key)
-    artifact_there = there is not None and there.size == m.size and there.sha256 == m.sha256
-    if artifact_there and _same_bytes(dst, backup.manifest_key, data):
+    missing = [
+        (key, sha)
+        for key, size, sha in backup.data_keys
+        if fresh or not _holds(dst, key, size, sha)
+    ]
+    if not missing and _same_bytes(dst, backup.manifest_key, data):
         return False
     path_of: Callable[[str], Path] | None = getattr(src.store, "path", None)
-    try:
-        if artifact_there:
-            pass
-        elif path_of is not None:
-            dst.store.put_file(key, path_of(key), m.sha256, progress)
-        else:
-            dst.store.put_stream(key, src.store.open_chunks(key), m.sha256, progress)
-    except (NotFound, FileNotFoundError):
-        raise PyopsError(f"{backup.id}: artifact {key} is missing in {src.describe()}") from None
-    except ChecksumMismatch as exc:
-        raise ChecksumMismatch(f"{backup.id}: copy to {dst.describe()} failed: {exc}") from None
-    except StoreError as exc:
-        raise PyopsError(f"{backup.id}: copy to {dst.describe()} failed: {exc}") from None
+    for key, sha in missing:
+        # the artifact reports progress; attachments are small
+        shown = progress if key == backup.artifact_key else None
+        try:
+            if path_of is not None:
+                dst.store.put_file(key, path_of(key), sha, shown)
+            else:
+                dst.store.put_stream(key, src.store.open_chunks(key), sha, shown)
+        except (NotFound, FileNotFoundError):
+            what = "artifact" if key == backup.artifact_key else "attachment"
+            raise PyopsError(f"{backup.id}: {what} {key} is missing in {src.describe()}") from None
+        except ChecksumMismatch as exc:
+            raise ChecksumMismatch(f"{backup.id}: copy to {dst.describe()} failed: {exc}") from None
+        except StoreError as exc:
+            raise PyopsError(f"{backup.id}: copy to {dst.describe()} failed: {exc}") from None
     dst.store.put_bytes(backup.manifest_key, data)
     return True
+
+
+def _holds(catalog: Catalog, key: str, size: int, sha: str) -> bool:
+    there = catalog.store.stat(key)
+    return there is not None and there.size == size and there.sha256 == sha
 
 
 def _same_bytes(catalog: Catalog, key: str, data: bytes) -> bool:

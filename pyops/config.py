@@ -16,7 +16,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pyops import config_rules
+from pyops import config_rules, pgdatabases
 from pyops.errors import ConfigError, UsageError
 
 DEFAULT_LOCATIONS = (Path("pyops.toml"), Path("/etc/pyops/pyops.toml"))
@@ -105,6 +105,27 @@ class PostgresTarget:
         600.0,
         "longest wait for a table lock another session holds (pg_dump --lock-wait-timeout, "
         "and pyops' own snapshot session); then the backup fails naming the table and the pid",
+    )
+    databases: str = opt(
+        "",
+        'empty: the dsn\'s database; "all": every database of the server, one backup '
+        "each, as target <name>-<database> (the dsn's database is only where pyops asks); "
+        "templates and databases that refuse connections are skipped",
+    )
+    exclude: tuple[str, ...] = opt(
+        (),
+        'postgres, databases = "all": database names left out (fnmatch patterns, e.g. '
+        '"scratch_*"); files: tar --exclude patterns',
+    )
+    exclude_table_data: tuple[str, ...] = opt(
+        (),
+        "tables whose rows are left out, their schema kept (pg_dump --exclude-table-data "
+        'patterns: "django_session", "audit.*"); the manifest and the restore preview say so',
+    )
+    enable_row_security: bool = opt(
+        False,
+        "pg_dump --enable-row-security: back up, under their policies, tables with row-level "
+        "security the backup role does not bypass (an owner's FORCE ROW LEVEL SECURITY)",
     )
 
 
@@ -258,11 +279,21 @@ class Config:
         return self.repository.host or socket.gethostname()
 
     def target(self, name: str) -> Target:
+        """A configured target, or one database's target of a `databases = "all"`
+        target (`<name>-<database>`), resolved without asking the server."""
         for t in self.targets:
             if t.name == name:
                 return t
-        known = ", ".join(t.name for t in self.targets) or "none configured"
-        raise UsageError(f"--target: unknown target {name!r} (known: {known})", "--target")
+        found = pgdatabases.resolve(self.targets, name)
+        if found is not None:
+            return found
+        known = ", ".join(
+            f"{t.name} (and {t.name}-<database>)" if pgdatabases.is_all(t) else t.name
+            for t in self.targets
+        )
+        raise UsageError(
+            f"--target: unknown target {name!r} (known: {known or 'none configured'})", "--target"
+        )
 
     def select(self, names: typing.Sequence[str]) -> tuple[Target, ...]:
         if not names:

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from pyops import pgdatabases
 from pyops.errors import ConfigError
 
 if TYPE_CHECKING:
-    from pyops.config import Config, HealthConfig, MaintenanceConfig
+    from pyops.config import Config, HealthConfig, MaintenanceConfig, PostgresTarget
 
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
@@ -46,6 +47,8 @@ def _targets(config: Config) -> None:
         key = f"targets[{i}]"
         if not t.name or not set(t.name) <= NAME_CHARS:
             raise ConfigError(f"{key}.name", "use letters, digits, '-' and '_' only")
+        if len(t.name) > pgdatabases.MAX_NAME:
+            raise ConfigError(f"{key}.name", f"at most {pgdatabases.MAX_NAME} characters")
         if t.name in seen:
             raise ConfigError(f"{key}.name", f"duplicate target name {t.name!r}")
         seen.add(t.name)
@@ -55,12 +58,55 @@ def _targets(config: Config) -> None:
                 raise ConfigError(f"{key}.jobs", "must be at least 1")
             if t.lock_wait_seconds < 1:
                 raise ConfigError(f"{key}.lock_wait_seconds", "must be at least 1 (seconds)")
+            _databases(t, key)
         if t.type == "files":
             if not t.paths:
                 raise ConfigError(f"{key}.paths", "list at least one path")
             for j, p in enumerate(t.paths):
                 if not p.is_absolute():
                     raise ConfigError(f"{key}.paths[{j}]", f"must be absolute, not {str(p)!r}")
+    _child_names(config)
+
+
+def _databases(t: PostgresTarget, key: str) -> None:
+    """`databases`, `exclude`, `exclude_table_data` of a postgres target."""
+    if t.databases not in ("", pgdatabases.ALL):
+        raise ConfigError(
+            f"{key}.databases",
+            f'"all" (every database of the server) or "" (the dsn\'s database), '
+            f"not {t.databases!r}",
+        )
+    if t.exclude and t.databases != pgdatabases.ALL:
+        raise ConfigError(
+            f"{key}.exclude", 'leaves out databases of databases = "all" only; set that too'
+        )
+    for j, pattern in enumerate(t.exclude):
+        if not pattern:
+            raise ConfigError(f"{key}.exclude[{j}]", "must not be empty")
+    for j, pattern in enumerate(t.exclude_table_data):
+        try:
+            pgdatabases.table_pattern(pattern)
+        except pgdatabases.PatternError as exc:
+            raise ConfigError(
+                f"{key}.exclude_table_data[{j}]",
+                f"{exc} (pg_dump's pattern syntax: table or schema.table, * and ? wildcards)",
+            ) from None
+
+
+def _child_names(config: Config) -> None:
+    """`<name>-<database>` must name one target only: no target's name may start with
+    the name of a `databases = "all"` target and '-'."""
+    for parent in config.targets:
+        if not pgdatabases.is_all(parent):
+            continue
+        for i, t in enumerate(config.targets):
+            if t is not parent and t.name.startswith(f"{parent.name}-"):
+                raise ConfigError(
+                    f"targets[{i}].name",
+                    f"{t.name!r} would also be the name of a database's backup of target "
+                    f'{parent.name!r} (databases = "all" names them {parent.name}-<database>): '
+                    "rename one of them",
+                )
 
 
 def _dsn(dsn: str, key: str) -> None:
@@ -204,6 +250,7 @@ CHECK_NAMES = (
     "long_running",
     "blocking",
     "manifests",
+    "coverage",
 )
 POSITIVE = (
     "backup_max_age_hours",

@@ -28,6 +28,9 @@ ID_RE = re.compile(
 )
 # innermost layer (what the source wrote), then compression, then encryption
 EXT_RE = re.compile(r"^(pgdump|sql|pgdir\.tar|pgtar|sqlite3|tar)(\.zst|\.gz)?(\.gpg)?\Z")
+# what a backup keeps beside its artifact, by kind: `<id>.<kind>.json` plus the same layers
+ATTACHMENT_KINDS = ("globals",)
+ATTACHMENT_RE = re.compile(r"^(?P<kind>globals)\.json(\.zst|\.gz)?(\.gpg)?\Z")
 SHA_RE = re.compile(r"^[0-9a-f]{64}\Z")
 REPO_ID_RE = re.compile(r"^[0-9a-f]{32}\Z")
 MAC_PREFIX = "hmac-sha256:"
@@ -57,14 +60,33 @@ def parse_id(text: str) -> tuple[str, str, datetime]:
     return match["target"], match["tier"], when
 
 
-def artifact_extension(backup_id_: str, name: str) -> str | None:
-    """The extension of an artifact name `<id>.<ext>`, or None when the name is not one
-    (a separator, another id, an unknown layer)."""
+def _name_tail(backup_id_: str, name: str) -> str | None:
+    """What follows `<id>.` in a file name of that backup; None for any other name."""
     head = f"{backup_id_}."
     if not name.startswith(head) or "/" in name or "\\" in name or "\0" in name:
         return None
-    ext = name[len(head) :]
-    return ext if EXT_RE.match(ext) else None
+    return name[len(head) :]
+
+
+def artifact_extension(backup_id_: str, name: str) -> str | None:
+    """The extension of an artifact name `<id>.<ext>`, or None when the name is not one
+    (a separator, another id, an unknown layer)."""
+    ext = _name_tail(backup_id_, name)
+    return ext if ext is not None and EXT_RE.match(ext) else None
+
+
+def attachment_kind(backup_id_: str, name: str) -> str | None:
+    """The kind of an attachment name `<id>.<kind>.json[.zst|.gz][.gpg]`, else None."""
+    match = ATTACHMENT_RE.match(_name_tail(backup_id_, name) or "")
+    return match["kind"] if match else None
+
+
+def object_of_backup(backup_id_: str, name: str) -> bool:
+    """Whether `name` is a file pyops writes for the backup: its artifact or an attachment."""
+    return (
+        artifact_extension(backup_id_, name) is not None
+        or attachment_kind(backup_id_, name) is not None
+    )
 
 
 @dataclass
@@ -87,6 +109,9 @@ class Manifest:
     content: dict[str, Any] = field(default_factory=dict)
     repository_id: str = ""
     warnings: list[str] = field(default_factory=list)
+    # kind -> {"name", "bytes", "sha256"}: files kept with the artifact (PostgreSQL: the
+    # roles and the database's own state), encoded and checked like it
+    attachments: dict[str, dict[str, Any]] = field(default_factory=dict)
     mac: str = ""
 
     @property
@@ -109,14 +134,23 @@ class Manifest:
     def encrypted(self) -> bool:
         return bool(self.encryption.get("mode", "none") != "none")
 
+    def _fields(self) -> dict[str, Any]:
+        """Every field; one added later only when set, so older manifests read back
+        the same (and stay authentic)."""
+        data = asdict(self)
+        for key in ADDED_LATER:
+            if not data[key]:
+                data.pop(key)
+        return data
+
     def canonical(self) -> bytes:
         """What the MAC covers: every field but the MAC itself, in one fixed form."""
-        data = asdict(self)
+        data = self._fields()
         data.pop("mac")
         return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
     def to_json(self) -> bytes:
-        return (json.dumps(asdict(self), indent=2, sort_keys=True) + "\n").encode()
+        return (json.dumps(self._fields(), indent=2, sort_keys=True) + "\n").encode()
 
     @classmethod
     def parse(cls, data: bytes, origin: str) -> Manifest:
@@ -154,8 +188,10 @@ _OPTIONAL_TYPES: dict[str, type] = {
     "content": dict,
     "repository_id": str,
     "warnings": list,
+    "attachments": dict,
     "mac": str,
 }
+ADDED_LATER = ("attachments",)
 
 
 def _shape_problems(raw: dict[str, Any]) -> list[str]:
@@ -196,6 +232,7 @@ def _shape_problems(raw: dict[str, Any]) -> list[str]:
             problems.append("started_at has no time zone")
     except ValueError:
         problems.append("started_at is not a time")
+    problems += _attachment_problems(raw["id"], raw.get("attachments", {}))
     problems += _fact_problems(raw["source"], raw.get("content", {}))
     rid = raw.get("repository_id", "")
     if rid and not REPO_ID_RE.match(rid):
@@ -205,16 +242,41 @@ def _shape_problems(raw: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _attachment_problems(backup_id_: str, attachments: dict[str, Any]) -> list[str]:
+    problems = []
+    for kind, entry in attachments.items():
+        if kind not in ATTACHMENT_KINDS or not isinstance(entry, dict):
+            problems.append(f"attachments.{kind!s:.40} is not a known attachment")
+            continue
+        name = entry.get("name")
+        if not isinstance(name, str) or attachment_kind(backup_id_, name) != kind:
+            problems.append(f"attachments.{kind}.name {name!r} is not {backup_id_}.{kind}.json…")
+        size = entry.get("bytes")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            problems.append(f"attachments.{kind}.bytes is not a byte count")
+        if not isinstance(entry.get("sha256"), str) or not SHA_RE.match(entry["sha256"]):
+            problems.append(f"attachments.{kind}.sha256 is not a sha256")
+    return problems
+
+
 def _fact_problems(source: dict[str, Any], content: dict[str, Any]) -> list[str]:
     """The facts restore and drill read: each of the type they read it as."""
     problems = []
-    for key in ("paths", "exclude"):
+    for key in (
+        "paths",
+        "exclude",
+        "exclude_table_data",
+        "tables_without_data",
+        "row_security_tables",
+    ):
         value = source.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             problems.append(f"source.{key} must be a list of strings")
     for key in ("database", "path", "encoding", "collate", "ctype"):
         if key in source and not isinstance(source[key], str):
             problems.append(f"source.{key} must be a string")
+    if not isinstance(source.get("enable_row_security", False), bool):
+        problems.append("source.enable_row_security must be true or false")
     tables = content.get("tables", {})
     if not isinstance(tables, dict) or not all(
         isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)

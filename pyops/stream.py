@@ -50,8 +50,11 @@ class Checksum:
     for on a stream known to be bad (pg_restore never ends on a cut tar archive).
     `check` says the same again for callers that compare explicitly."""
 
-    def __init__(self, manifest: Manifest) -> None:
+    def __init__(self, manifest: Manifest, attachment: str | None = None) -> None:
         self.manifest = manifest
+        entry = manifest.attachments[attachment] if attachment else manifest.artifact
+        self.what = f"attachment {attachment}" if attachment else "artifact"
+        self.size, self.sha256 = int(entry["bytes"]), str(entry["sha256"])
         self.hash = hashlib.sha256()
         self.bytes = 0
         self.failed: VerifyFailed | None = None  # the verdict, once it was negative
@@ -65,23 +68,24 @@ class Checksum:
 
     def check(self) -> None:
         got = self.hash.hexdigest()
-        if self.bytes != self.manifest.size:
+        if self.bytes != self.size:
             self.failed = VerifyFailed(
-                f"{self.manifest.id}: artifact is {self.bytes} bytes, manifest says "
-                f"{self.manifest.size} (truncated or replaced)"
+                f"{self.manifest.id}: {self.what} is {self.bytes} bytes, manifest says "
+                f"{self.size} (truncated or replaced)"
             )
-        elif got != self.manifest.sha256:
+        elif got != self.sha256:
             self.failed = VerifyFailed(
-                f"{self.manifest.id}: sha256 mismatch (artifact {got[:16]}..., manifest "
-                f"{self.manifest.sha256[:16]}...): the file was altered or damaged"
+                f"{self.manifest.id}: sha256 mismatch ({self.what} {got[:16]}..., manifest "
+                f"{self.sha256[:16]}...): the file was altered or damaged"
             )
         if self.failed is not None:
             raise self.failed
 
 
-def checksum(manifest: Manifest, chunks: Iterable[bytes]) -> None:
-    """Read every chunk; VerifyFailed unless size and sha256 match the manifest."""
-    for _ in Checksum(manifest).through(chunks):
+def checksum(manifest: Manifest, chunks: Iterable[bytes], attachment: str | None = None) -> None:
+    """Read every chunk; VerifyFailed unless size and sha256 match the manifest (the
+    artifact's, or those of the named attachment)."""
+    for _ in Checksum(manifest, attachment).through(chunks):
         pass
 
 

@@ -14,6 +14,9 @@ usage: scripts/restore-without-pyops.sh [options] ARTIFACT
   --gnupghome DIR         GnuPG home holding the secret key (default: gpg's own)
   --passphrase-file FILE  symmetric passphrase, or the secret key's passphrase
   --jobs N                pg_restore -j for custom/directory dumps (default 1)
+  --globals               PostgreSQL: print the backup's saved roles and database state
+                          (ID.globals.json.*, decoded) instead of restoring; create the
+                          roles by hand from it before restoring onto a new server
   -h, --help              this help
 The manifest (ID.manifest.json) must lie beside the artifact: its sha256 is checked
 before anything is restored. Layers are read from the file name, outermost last:
@@ -23,7 +26,7 @@ before anything is restored. Layers are read from the file name, outermost last:
 USAGE
 }
 
-dbname="" dest="" gnupghome="" passfile="" jobs=1 artifact=""
+dbname="" dest="" gnupghome="" passfile="" jobs=1 artifact="" globals=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --dbname) dbname="${2:?}"; shift 2 ;;
@@ -31,6 +34,7 @@ while [ $# -gt 0 ]; do
     --gnupghome) gnupghome="${2:?}"; shift 2 ;;
     --passphrase-file) passfile="${2:?}"; shift 2 ;;
     --jobs) jobs="${2:?}"; shift 2 ;;
+    --globals) globals=1; shift ;;
     -h|--help) usage; exit 0 ;;
     -*) echo "unknown option $1" >&2; usage >&2; exit 2 ;;
     *) artifact="$1"; shift ;;
@@ -68,6 +72,26 @@ decode_layers() {
   esac
 }
 stream() { decode_layers "$layers" < "$artifact"; }
+
+if [ "$globals" = 1 ]; then
+  found=""
+  for candidate in "$dir/$id".globals.json*; do [ -f "$candidate" ] && found=$candidate; done
+  [ -n "$found" ] || die "no $id.globals.json* beside the artifact (a backup taken before pyops kept roles)"
+  want=$(grep -A8 "\"name\": \"$(basename "$found")\"" "$manifest" |
+    grep -o '"sha256": "[0-9a-f]\{64\}"' | head -n1 | cut -d'"' -f4)
+  [ "$want" = "$(sha256sum "$found" | cut -d' ' -f1)" ] || die "$found: sha256 mismatch with the manifest"
+  decode_layers "${found#"$dir/$id".}" < "$found"
+  exit 0
+fi
+
+# pg_restore (psql) must be at least as new as the pg_dump that wrote the dump
+client_check() {
+  local dumped have
+  dumped=$(grep -o '"pg_dump": "[^"]*"' "$manifest" | grep -o '[0-9]\+' | head -n1)
+  have=$("$1" --version | grep -o '[0-9]\+' | head -n1)
+  [ -z "$dumped" ] || [ "$have" -ge "$dumped" ] ||
+    die "$id was written by pg_dump $dumped, but $1 here is version $have: install postgresql-client-$dumped (nothing was changed)"
+}
 INNER=$layers
 while :; do
   case "$INNER" in
@@ -98,6 +122,7 @@ new_scratch() { scratch=$(mktemp -d); chmod 700 "$scratch"; }
 case "$INNER" in
   pgdump|pgtar)
     [ -n "$dbname" ] || die "--dbname NEW is required for a PostgreSQL dump"
+    client_check pg_restore
     new_db "$dbname"
     if [ "$jobs" -gt 1 ] && [ "$INNER" = pgdump ]; then
       new_scratch
@@ -110,10 +135,12 @@ case "$INNER" in
     fi ;;
   sql)
     [ -n "$dbname" ] || die "--dbname NEW is required for a PostgreSQL dump"
+    client_check psql
     new_db "$dbname"
     stream | psql -X -q -v ON_ERROR_STOP=1 --single-transaction -d "$dbname" >/dev/null ;;
   pgdir.tar)
     [ -n "$dbname" ] || die "--dbname NEW is required for a PostgreSQL dump"
+    client_check pg_restore
     new_scratch
     stream | tar -x -C "$scratch"
     new_db "$dbname"

@@ -11,9 +11,10 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from pyops import __version__
+from pyops import __version__, attachments
 from pyops.app import App
 from pyops.artifact import ArtifactWriter, read_chunks
 from pyops.catalog import Catalog
@@ -22,6 +23,7 @@ from pyops.errors import ConfigError, PyopsError, os_error_message
 from pyops.execute import DEVNULL, PIPE, pipeline
 from pyops.manifest import Manifest
 from pyops.manifest import backup_id as make_id
+from pyops.pgdatabases import Expanded
 from pyops.progress import Progress, human, proc_io
 from pyops.sources import module
 
@@ -84,6 +86,22 @@ def start_time(app: App, local: Catalog, target: str) -> datetime:
     return now
 
 
+def _write_attachments(
+    app: App, data: dict[str, dict[str, Any]], artifact: Path, backup_id: str
+) -> dict[str, dict[str, Any]]:
+    """Each attachment beside the artifact, encoded like it; the manifest's entries
+    (with the notes the data carries, e.g. role passwords not saved)."""
+    out = {}
+    for kind, content in data.items():
+        path = artifact.with_name(attachments.name(backup_id, kind, app.codec))
+        entry = attachments.write(path, content, app.codec)
+        notes = [str(n) for n in content.get("notes", [])]
+        for note in notes:
+            log.info("backup %s: %s", backup_id, note)
+        out[kind] = {**entry, "notes": notes} if notes else entry
+    return out
+
+
 def backup_target(app: App, target: Target, tier: str) -> Manifest:
     local = app.local(write=True)
     clean_leftovers(local, target.name)
@@ -124,9 +142,12 @@ def backup_target(app: App, target: Target, tier: str) -> Manifest:
                         for chunk in read_chunks(dump.input_path):
                             writer.write(chunk)
             content = dump.content()
+            attached = _write_attachments(app, dump.attachments, artifact, backup_id)
             size, sha = writer.commit()
         except BaseException:
             writer.abort()
+            for kind in dump.attachments:
+                artifact.with_name(attachments.name(backup_id, kind, codec)).unlink(missing_ok=True)
             raise
         tools = {**dump.tools, **codec.tools()}
     finished = app.clock()
@@ -148,6 +169,7 @@ def backup_target(app: App, target: Target, tier: str) -> Manifest:
         artifact={"name": name, "bytes": size, "sha256": sha},
         content=content,
         warnings=warnings,
+        attachments=attached,
     )
     for warning in warnings:
         log.warning("backup %s: %s", backup_id, warning)
@@ -155,6 +177,8 @@ def backup_target(app: App, target: Target, tier: str) -> Manifest:
         local.write_manifest(manifest)
     except BaseException:
         artifact.unlink(missing_ok=True)
+        for entry in attached.values():
+            artifact.with_name(entry["name"]).unlink(missing_ok=True)
         raise
     log.info(
         "backup %s: done, %s in %.1fs, sha256 %s",
@@ -166,19 +190,24 @@ def backup_target(app: App, target: Target, tier: str) -> Manifest:
     return manifest
 
 
-def run(
-    app: App, tier: str, targets: tuple[Target, ...], *, offsite: bool, prune: bool
-) -> list[BackupResult]:
-    """Back up each target, copy it offsite, then prune the tier written. One failing
-    target does not stop the others; a target whose backup or upload failed is not
-    pruned (its older copies may be the only good ones)."""
+def run(app: App, tier: str, work: Expanded, *, offsite: bool, prune: bool) -> list[BackupResult]:
+    """Back up each target (`work`: the selection with each `databases = "all"` target
+    replaced by its databases', pgdatabases.expand_targets), copy it offsite, then
+    prune the tier written. One failing target does not stop the others; a target whose
+    backup or upload failed is not pruned (its older copies may be the only good ones).
+    An "all" target whose server could not say which databases it holds has failed."""
     from pyops.actions import prune as prune_action
     from pyops.actions import sync
 
     tier = resolve_tier(tier, app.clock())
     use_offsite = offsite and bool(app.config.offsite.bucket)
     results = []
-    for target in targets:
+    for target, why in work.failed:
+        log.error("backup %s: FAILED: %s", target.name, why)
+        results.append(BackupResult(target.name, False, error=why))
+    for warning in work.warnings:
+        log.warning("backup: %s", warning)
+    for target in work.targets:
         t0 = time.monotonic()
         try:
             manifest = backup_target(app, target, tier)

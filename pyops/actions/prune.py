@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pyops import retention
+from pyops import pgdatabases, retention
 from pyops.app import App
 from pyops.catalog import Backup, Catalog
 from pyops.fsutil import make_private_dir, write_atomic
@@ -123,7 +123,9 @@ def run(
         accept(app, catalog, accept_ids)
     where = "prune --remote" if remote else "prune"
     rows = []
-    for target in targets:
+    # a databases = "all" target's name stands for its databases' backups: those the
+    # catalog holds, dropped databases included (their retention still applies)
+    for target in pgdatabases.stored_names(app.config, catalog, targets):
         for backup, decision in plan(app, catalog, target, tiers):
             row = PruneRow(backup.id, target, decision.item.tier, decision.keep, decision.reason)
             rows.append(row)

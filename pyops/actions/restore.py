@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from pyops import stream
+from pyops import attachments, pgdatabases, stream
 from pyops.actions import backup as backup_action
 from pyops.app import App
 from pyops.artifact import mount_point, no_room
@@ -22,7 +22,7 @@ from pyops.config import FilesTarget, PostgresTarget, Target
 from pyops.errors import Aborted, PyopsError, UsageError, VerifyFailed
 from pyops.manifest import stamp as make_stamp
 from pyops.progress import human
-from pyops.sources import RestorePlan, module
+from pyops.sources import RestoreOptions, RestorePlan, module
 from pyops.storage import StoreError
 from pyops.stream import Checksum
 
@@ -34,6 +34,7 @@ class Prepared:
     backup: Backup
     target: Target
     plan: RestorePlan
+    options: RestoreOptions = field(default_factory=RestoreOptions)
 
     def preview(self, age_text: str) -> str:
         m = self.backup.manifest
@@ -49,12 +50,41 @@ class Prepared:
             + (" (will be REPLACED)" if self.plan.overwrites else " (new)"),
         ]
         lines += [f"note:        {n}" for n in self.plan.notes]
+        # what the backup left out on purpose (a manifest is input: only lists of text)
+        for key, note in (
+            (
+                "exclude_table_data",
+                "rows of {} were not backed up (exclude_table_data): those tables come back empty",
+            ),
+            (
+                "row_security_tables",
+                "{}: only the rows their row-level security policies showed the backup role "
+                "were backed up (enable_row_security)",
+            ),
+        ):
+            names = m.source.get(key)
+            if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
+                lines.append(f"note:        {note.format(', '.join(names))}")
         return "\n".join(lines)
 
 
 HEAD = 1 << 16
 # how many older backups are checksummed, at most, to name the newest good one
 GOOD_CANDIDATES = 5
+
+
+def check_target(app: App, target: str, remote: bool) -> None:
+    """A known target, and one backup's worth: a `databases = "all"` target stands for
+    one backup per database, restored one at a time."""
+    if not pgdatabases.is_all(app.config.target(target)):
+        return
+    names = pgdatabases.stored_names(app.config, app.remote() if remote else app.local(), [target])
+    known = ", ".join(n for n in names if n != target) or "none has a backup yet"
+    raise UsageError(
+        f"--target {target} stands for every database of its server: restore one database "
+        f"at a time, --target {target}-<database> ({known})",
+        "--target",
+    )
 
 
 def choose(app: App, backup_id: str | None, target: str | None) -> Backup:
@@ -155,12 +185,49 @@ def recorded_paths_differ(target: FilesTarget, backup: Backup) -> str | None:
     )
 
 
-def prepare(app: App, backup: Backup, into: str | None) -> Prepared:
+def check_options(backup: Backup, into: str | None, options: RestoreOptions) -> None:
+    """What a restore of this backup can and cannot be asked: exit 2, before anything."""
+    m = backup.manifest
+    asked = [
+        flag
+        for flag, on in (
+            ("--table", options.tables),
+            ("--schema", options.schemas),
+            ("--no-owner", options.no_owner),
+            ("--no-acl", options.no_acl),
+        )
+        if on
+    ]
+    if asked and m.type != "postgres":
+        raise UsageError(f"{asked[0]} applies to PostgreSQL backups; {m.id} is {m.type}", asked[0])
+    if asked and m.format == "plain":
+        raise UsageError(
+            f"{asked[0]}: {m.id} is a plain SQL dump, which replays as a whole with its "
+            "owners and grants; selecting or leaving them out needs the custom, directory "
+            "or tar format (set format on the target). Nothing was changed",
+            asked[0],
+        )
+    if options.partial and not into:
+        flag = "--table" if options.tables else "--schema"
+        raise UsageError(
+            f"{flag} restores part of a backup: give --into NEWDB, then copy what you need "
+            "into the live database (nothing was changed)",
+            flag,
+        )
+
+
+def prepare(
+    app: App, backup: Backup, into: str | None, options: RestoreOptions | None = None
+) -> Prepared:
     target = app.config.target(backup.manifest.target)
+    opts = options or RestoreOptions()
     if target.type != backup.manifest.type:
         raise PyopsError(f"{backup.id} is a {backup.manifest.type} backup; target is {target.type}")
     if into is not None and not into.strip():
-        raise PyopsError("--into is empty (an unset shell variable?): nothing was changed")
+        raise UsageError(
+            "--into is empty (an unset shell variable?): nothing was changed", "--into"
+        )
+    check_options(backup, into, opts)
     if isinstance(target, FilesTarget) and not into:
         problem = recorded_paths_differ(target, backup)
         if problem:
@@ -168,10 +235,12 @@ def prepare(app: App, backup: Backup, into: str | None) -> Prepared:
     local = app.local()
     if local.store.stat(backup.artifact_key) is None:
         raise PyopsError(f"{backup.id}: artifact {backup.artifact_key} is missing")
-    plan = module(target.type).plan(target, into)
     if backup.manifest.encrypted:  # wrong key: stop before anything
         app.codec.probe_decrypt(local.head(backup, HEAD), backup.id)
-    return Prepared(backup, target, plan)
+    if "globals" in backup.manifest.attachments:
+        opts = replace(opts, globals=attachments.read(local, backup, "globals", app.codec))
+    plan = module(target.type).plan(target, into, backup.manifest, opts)
+    return Prepared(backup, target, plan, opts)
 
 
 def run(
@@ -181,7 +250,6 @@ def run(
     *,
     confirm: Callable[[Prepared], None],
     safety_backup: bool,
-    jobs: int,
 ) -> str:
     confirm(prepared)
     target, backup = prepared.target, prepared.backup
@@ -203,7 +271,8 @@ def run(
                 into,
                 stamp,
                 scratch,
-                jobs,
+                prepared.options.jobs,
+                prepared.options,
             )
         except OSError as exc:
             if no_room(exc) is None:

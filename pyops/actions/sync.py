@@ -17,7 +17,7 @@ from pyops.app import App
 from pyops.catalog import Backup, Catalog
 from pyops.errors import PyopsError, UsageError
 from pyops.fsutil import make_private_dir, write_atomic
-from pyops.manifest import ID_RE, Manifest, artifact_extension
+from pyops.manifest import ID_RE, Manifest, object_of_backup
 from pyops.progress import Progress, human
 from pyops.storage import ChecksumMismatch
 
@@ -76,12 +76,13 @@ class SyncResult:
 
 
 def ours(key: str) -> bool:
-    """A key pyops itself uploads: `<target>/<tier>/<id>.<ext>` or its manifest."""
+    """A key pyops itself uploads: `<target>/<tier>/<id>.<ext>`, an attachment, or its
+    manifest."""
     parts = key.split("/")
     if len(parts) != 3:
         return False
     stem = ".".join(parts[2].split(".")[:3])
-    return bool(ID_RE.match(stem)) and artifact_extension(stem, parts[2]) is not None
+    return bool(ID_RE.match(stem)) and object_of_backup(stem, parts[2])
 
 
 def sync(app: App, targets: list[str]) -> SyncResult:
@@ -146,6 +147,10 @@ def reconcile(app: App, targets: list[str]) -> list[Drift]:
             twin = mine.get(backup.id)
             if twin is not None and twin.manifest.canonical() != m.canonical():
                 drift.append(Drift(m.id, "the bucket's manifest differs from the local one"))
+            for key, size, sha in backup.data_keys[1:]:
+                there_ = remote.store.stat(key)
+                if there_ is None or there_.size != size or there_.sha256 != sha:
+                    drift.append(Drift(m.id, f"{key} missing or differs from the manifest"))
             obj = remote.store.stat(backup.artifact_key)
             if obj is None:
                 drift.append(Drift(m.id, "manifest offsite but artifact object missing"))

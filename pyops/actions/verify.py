@@ -10,9 +10,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pyops import stream
+from pyops import attachments, pgdatabases, stream
 from pyops.app import App
 from pyops.catalog import Backup, Catalog
+from pyops.config import Config
 from pyops.errors import PyopsError, StageFailed, VerifyFailed
 from pyops.manifest import Manifest
 from pyops.sources import module
@@ -40,13 +41,20 @@ class VerifyResult:
 
 
 def select(
-    catalog: Catalog, ids: tuple[str, ...], all_: bool, target: str | None, deep: bool, remote: bool
+    catalog: Catalog,
+    ids: tuple[str, ...],
+    all_: bool,
+    target: str | None,
+    deep: bool,
+    remote: bool,
+    config: Config | None = None,
 ) -> tuple[list[Backup], list[VerifyResult]]:
     """IDs, every one, or (the default) the newest of each target; and a failed result
-    for each manifest the catalog refused among those considered."""
+    for each manifest the catalog refused among those considered. With `config`, the
+    name of a `databases = "all"` target stands for its databases' backups."""
     if ids:
         return [catalog.find(i, foreign_ok=True) for i in ids], []
-    listing = catalog.scan(target)
+    listing = pgdatabases.scan(config, catalog, target) if config else catalog.scan(target)
     refused = [
         VerifyResult(r.key, False, deep, remote, f"manifest refused: {r.reason}")
         for r in listing.refused
@@ -101,6 +109,11 @@ def verify_one(
             stream.checksum(manifest, catalog.chunks(backup))
             if deep_:
                 deep(app, manifest, catalog.chunks(backup))
+        for kind in manifest.attachments:  # small: checksummed, and decoded when deep
+            if deep_:
+                attachments.read(catalog, backup, kind, app.codec)
+            else:
+                stream.checksum(manifest, catalog.attachment(backup, kind), kind)
     except NotFound as exc:
         result.error = f"{manifest.id}: {exc}"
     except PyopsError as exc:

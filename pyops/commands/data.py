@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from pyops import metrics, notify, runlog
+from pyops import metrics, notify, pgdatabases, runlog
 from pyops.actions import backup as backup_action
 from pyops.actions import drill as drill_action
 from pyops.actions import prune as prune_action
@@ -29,6 +29,7 @@ from pyops.commands import (
 from pyops.errors import EXIT_FAILED, PyopsError
 from pyops.manifest import TIERS
 from pyops.progress import human
+from pyops.sources import RestoreOptions
 
 # --- backup / list / verify / restore / history ---------------------------------
 
@@ -56,16 +57,17 @@ def backup(
     selected = app.config.select(targets)
     if not selected:
         raise PyopsError("no targets configured: add [[targets]] to the config")
-    names = [t.name for t in selected]
+    work = pgdatabases.expand_targets(app, selected)  # databases = "all": one per database
+    names = work.names
     notify.notify(app, "start", f"backup of {', '.join(names)} starting")
     try:
         with app.lock("backup"), recorded(app, "backup", names) as rec:
-            results = backup_action.run(
-                app, tier, selected, offsite=not no_offsite, prune=not no_prune
-            )
+            results = backup_action.run(app, tier, work, offsite=not no_offsite, prune=not no_prune)
             rec["bytes"] = sum(r.bytes for r in results)
             rec["backups"] = [r.as_dict() for r in results]
-            rec["warnings"] = sum(len(r.warnings) for r in results)
+            rec["warnings"] = sum(len(r.warnings) for r in results) + len(work.warnings)
+            if work.warnings:
+                rec["not_backed_up"] = work.warnings
             failed = [r for r in results if not r.ok]
             if failed:
                 rec["result"] = "failed"
@@ -116,7 +118,8 @@ def list_(
 ) -> None:
     """Complete backups, newest first; then any manifest pyops refuses to use, and why."""
     app = ctx.app(allow_unauthenticated)
-    listing = (app.remote() if remote else app.local()).scan(target, tier)
+    catalog = app.remote() if remote else app.local()
+    listing = pgdatabases.scan(app.config, catalog, target, tier)
     rows: list[dict[str, Any]] = [
         {
             "id": b.id,
@@ -191,7 +194,7 @@ def verify(
         raise click.UsageError("give IDs, --latest or --all, not several")
     app = ctx.app(allow_unauthenticated)
     catalog = app.remote() if remote else app.local()
-    backups, refused = verify_action.select(catalog, ids, all_, target, deep, remote)
+    backups, refused = verify_action.select(catalog, ids, all_, target, deep, remote, app.config)
     if not backups and not refused:
         raise PyopsError("no complete backups to verify (see `pyops list`)")
     with (
@@ -235,6 +238,14 @@ def verify(
     show_default=True,
     help="parallel pg_restore (via a private decrypted scratch file)",
 )
+@click.option("--no-owner", is_flag=True, help="objects belong to the restoring role")
+@click.option("--no-acl", is_flag=True, help="restore no grants")
+@click.option(
+    "--table", "tables", multiple=True, metavar="NAME", help="only this table (needs --into)"
+)
+@click.option(
+    "--schema", "schemas", multiple=True, metavar="NAME", help="only this schema (needs --into)"
+)
 @ALLOW_UNAUTHENTICATED
 @pass_ctx
 def restore(
@@ -247,6 +258,10 @@ def restore(
     no_safety_backup: bool,
     remote: bool,
     jobs: int,
+    no_owner: bool,
+    no_acl: bool,
+    tables: tuple[str, ...],
+    schemas: tuple[str, ...],
     allow_unauthenticated: bool,
 ) -> None:
     """Restore a backup: preview, confirm, safety backup, restore beside, check, swap."""
@@ -256,14 +271,15 @@ def restore(
         raise click.BadParameter("is empty (an unset shell variable?)", param_hint="--into")
     app = ctx.app(allow_unauthenticated)
     if target:
-        app.config.target(target)
+        restore_action.check_target(app, target, remote)
     with app.lock("restore"), recorded(app, "restore", [target or ""]) as rec:
         if remote:
             chosen = sync_action.fetch(app, sync_action.find_remote(app, backup_id, target))
         else:
             chosen = restore_action.choose(app, backup_id, target)
         rec["targets"] = [chosen.manifest.target]
-        prepared = restore_action.prepare(app, chosen, into)
+        options = RestoreOptions(jobs, no_owner, no_acl, tables, schemas)
+        prepared = restore_action.prepare(app, chosen, into, options)
         click.echo(prepared.preview(_age(chosen.manifest.started)), err=True)
 
         def ask(prompt: str) -> str:
@@ -282,7 +298,6 @@ def restore(
             into,
             confirm=restore_action.require_typed_name(ask),
             safety_backup=not no_safety_backup,
-            jobs=jobs,
         )
         rec["backup"] = chosen.id
         rec["bytes"] = chosen.manifest.size
@@ -349,7 +364,9 @@ def sync(ctx: Ctx, targets: tuple[str, ...], check: bool, fmt: str) -> None:
 
     Idempotent: a backup already offsite with the manifest's sha256 is not re-sent."""
     app = ctx.app()
-    names = [t.name for t in app.config.select(targets)]
+    # a databases = "all" target stands for its databases' local backups
+    configured = [t.name for t in app.config.select(targets)]
+    names = pgdatabases.stored_names(app.config, app.local(), configured)
     if check:
         drift = sync_action.reconcile(app, names)
         emit(
@@ -384,6 +401,12 @@ def sync(ctx: Ctx, targets: tuple[str, ...], check: bool, fmt: str) -> None:
 @click.option("--target", "targets", multiple=True, metavar="NAME")
 @click.option("--remote", is_flag=True, help="fetch each backup from the [offsite] bucket")
 @click.option("--keep", is_flag=True, help="keep the scratch database / directory")
+@click.option(
+    "--scratch-cluster",
+    is_flag=True,
+    help="postgres targets: restore into a throwaway cluster with no application roles "
+    "(the new-server restore), removed afterwards",
+)
 @ALLOW_UNAUTHENTICATED
 @FORMAT
 @pass_ctx
@@ -392,29 +415,48 @@ def drill(
     targets: tuple[str, ...],
     remote: bool,
     keep: bool,
+    scratch_cluster: bool,
     allow_unauthenticated: bool,
     fmt: str,
 ) -> None:
     """Disaster-recovery drill: restore each target's latest backup into scratch, compare
-    with the manifest, report the time to recover (RTO). Never touches live data."""
+    with the manifest, report the time to recover (RTO). Never touches live data.
+
+    A scratch pyops could not remove is named, with the command that removes it; the
+    drill itself still counts as passed."""
+    if keep and scratch_cluster:
+        raise click.UsageError("--keep and --scratch-cluster: a scratch cluster is always removed")
     app = ctx.app(allow_unauthenticated)
-    selected = app.config.select(targets)
+    # an "all" target stands for each database the repository (or bucket) has backups of
+    catalog = app.remote() if remote else app.local()
+    selected = tuple(pgdatabases.stored_targets(app.config, catalog, app.config.select(targets)))
     with app.lock("drill"), recorded(app, "drill", [t.name for t in selected]) as rec:
-        results = drill_action.run(app, selected, remote, keep)
+        results = drill_action.run(app, selected, remote, keep, scratch_cluster)
         metrics.record_run(app, "drill", [r.as_dict() for r in results])
         rec["drills"] = [r.as_dict() for r in results]
         rec["bytes"] = sum(r.bytes for r in results)
+        rec["warnings"] = sum(len(r.warnings) for r in results)
+        rec["leftovers"] = [r.leftover for r in results if r.leftover]
         if not all(r.ok for r in results):
             rec["result"] = "failed"
+
+    def after(r: drill_action.DrillResult) -> str:
+        return "".join(f"\n  warning: {w}" for w in r.warnings) + (
+            f"\n  SCRATCH LEFT BEHIND: {r.leftover}" if r.leftover else ""
+        )
+
     emit_results(
         fmt,
         "drills",
         results,
         lambda r: (
             f"{r.target}: ok {r.backup} RTO {r.rto_s:.1f}s (fetch {r.fetch_s:.1f}s, "
-            f"restore {r.restore_s:.1f}s, check {r.check_s:.1f}s)"
+            + (f"cluster {r.cluster_s:.1f}s, " if r.scratch_cluster else "")
+            + f"restore {r.restore_s:.1f}s, check {r.check_s:.1f}s)"
+            + (f" in a scratch cluster ({r.scratch_cluster})" if r.scratch_cluster else "")
+            + after(r)
         ),
-        lambda r: f"{r.target}: FAILED {r.error}",
+        lambda r: f"{r.target}: FAILED {r.error}" + after(r),
     )
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from pyops import config
+from pyops import config, pgdatabases
 from pyops.app import App
 from pyops.catalog import Catalog
 from pyops.commands import FORMAT, Ctx, emit, pass_ctx
@@ -92,7 +92,9 @@ def init(ctx: Ctx, repo_path: Path | None, new_key: bool) -> None:
                 from pyops.actions import sync as sync_action
 
                 try:
-                    result = sync_action.sync(app, [t.name for t in cfg.targets])
+                    names = [t.name for t in cfg.targets]
+                    stored = pgdatabases.stored_names(cfg, app.local(), names)
+                    result = sync_action.sync(app, stored)
                 except PyopsError as exc:
                     result = None
                     click.echo(f"warning: the bucket was not updated: {exc}", err=True)

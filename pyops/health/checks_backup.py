@@ -1,5 +1,6 @@
 """Checks of the backups themselves: fresh (locally and offsite), of a plausible size,
-and drilled recently. All read manifests and the run log; none touches data."""
+and drilled recently. All read manifests and the run log; none touches data. A
+`databases = "all"` target is judged per database (Context.backup_targets)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,20 @@ def _fmt_age(hours: float) -> str:
     return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} days"
 
 
+def unlisted(ctx: Context) -> list[Part]:
+    """For each `databases = "all"` target whose server could not be asked which
+    databases it holds: the checks judge the databases the repository has backups of."""
+    ctx.backup_targets()
+    return [
+        Part(
+            "unknown",
+            f"{name}: cannot list the databases of its server ({why}); judging the databases "
+            "the repository holds backups of",
+        )
+        for name, why in sorted(ctx.unlisted.items())
+    ]
+
+
 def freshness(ctx: Context, manifests: list[Manifest], where: str) -> list[Part]:
     """Per target and tier (tiers with retention > 0): the newest backup of that tier or
     a longer one (a weekly backup is also a fresh daily one) must be younger than the
@@ -41,8 +56,8 @@ def freshness(ctx: Context, manifests: list[Manifest], where: str) -> list[Part]
     younger than that limit (a new install), critical after."""
     limits = max_age_hours(ctx)
     retention = ctx.app.config.retention
-    parts: list[Part] = []
-    for target in ctx.app.config.targets:
+    parts = unlisted(ctx)
+    for target in ctx.backup_targets():
         mine = [m for m in manifests if m.target == target.name and m.tier in TIER_ORDER]
         if not mine:
             parts.append(Part("critical", f"{target.name}: no complete {where} backup"))
@@ -100,8 +115,8 @@ def backup_size(ctx: Context) -> Result:
     the median of that tier's previous ones (the RECENT last): a sudden drop means a
     dump lost data. Retention applies the same rule (such a backup does not count)."""
     ratio = ctx.cfg.backup_size_min_ratio
-    parts: list[Part] = []
-    for target in ctx.app.config.targets:
+    parts = unlisted(ctx)
+    for target in ctx.backup_targets():
         for tier in TIER_ORDER:
             backups = ctx.app.local().backups(target.name, tier)
             if not backups:
@@ -144,8 +159,8 @@ def drill_freshness(ctx: Context) -> Result:
         for name in record.get("targets") or []:
             if name not in last or when > last[name]:
                 last[name] = when
-    parts: list[Part] = []
-    for target in ctx.app.config.targets:
+    parts = unlisted(ctx)
+    for target in ctx.backup_targets():
         if target.name not in last:
             parts.append(Part("warning", f"{target.name}: never drilled (run `pyops drill`)"))
             continue

@@ -1,5 +1,6 @@
 """PostgreSQL checks, per postgres target: reachable and fast, connections, xid
-wraparound, long-running queries, blocked sessions, deadlocks and conflicts.
+wraparound, long-running queries, blocked sessions, deadlocks and conflicts; and
+per server, that every database has a backup (coverage).
 
 A target that cannot be reached makes `database` critical; the other checks then
 say `unknown` for it (they cannot know), pointing at `database`.
@@ -11,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from pyops import pgdatabases
 from pyops.config import PostgresTarget
 from pyops.errors import PyopsError
 from pyops.health.context import Context
@@ -214,3 +216,46 @@ def deadlocks(ctx: Context) -> Result:
         return Part("ok", f"{target.name}: no deadlocks since the last run", metrics)
 
     return per_target(ctx, "deadlocks", one)
+
+
+def coverage(ctx: Context) -> Result:
+    """Every database of each configured server (targets grouped by dsn host and port)
+    has a backup: a target whose dsn names it, or a `databases = "all"` target that
+    includes it. A database nothing covers is a warning naming it, and so is one an
+    "all" target cannot name; one an "all" target excludes was left out on purpose."""
+    parts = []
+    for host_port, targets in pgdatabases.servers(ctx.postgres_targets).items():
+        where = pgdatabases.describe_server(host_port)
+        asker = next((t for t in targets if pgdatabases.is_all(t)), targets[0])
+        try:
+            listed = ctx.databases(asker)
+        except PyopsError as exc:
+            parts.append(Part("unknown", f"{where}: cannot connect (see database): {exc}"))
+            continue
+        except Exception as exc:  # psycopg.Error: this server only
+            parts.append(Part("unknown", f"{where}: listing the databases failed: {exc}"))
+            continue
+        found = pgdatabases.coverage(targets, listed)
+        missing = len(found.uncovered) + len(found.unnamable)
+        metrics = {
+            f"{where}.databases": float(len(found.covered) + len(found.excluded) + missing),
+            f"{where}.uncovered": float(missing),
+        }
+        for db in found.uncovered:
+            parts.append(
+                Part(
+                    "warning",
+                    f"{where}: database {db!r} has no backup: no target covers it (add a "
+                    'target for it, or databases = "all" to a target of this server)',
+                    metrics,
+                )
+            )
+        for message in found.unnamable.values():
+            parts.append(Part("warning", f"{where}: {message}", metrics))
+        if not missing:
+            aside = "; ".join(f"{db} ({why})" for db, why in found.excluded.items())
+            text = f"{where}: all {len(found.covered)} databases have a target" + (
+                f"; left out on purpose: {aside}" if aside else ""
+            )
+            parts.append(Part("ok", text, metrics))
+    return combine("coverage", parts, "no PostgreSQL targets")

@@ -1,5 +1,6 @@
 """What the checks of one health run share: the app, one clock reading, one
-connection per PostgreSQL target, and the counters kept from the previous run.
+connection per PostgreSQL target, the targets backups are judged by (an "all"
+target's databases listed once), and the counters kept from the previous run.
 
 Checks run in threads, so the shared pieces take a lock.
 """
@@ -14,8 +15,11 @@ import threading
 from datetime import datetime
 from typing import Any
 
+import psycopg
+
+from pyops import pgdatabases
 from pyops.app import App
-from pyops.config import HealthConfig, PostgresTarget
+from pyops.config import HealthConfig, PostgresTarget, Target
 from pyops.errors import PyopsError
 from pyops.fsutil import make_private_dir, write_atomic
 
@@ -31,6 +35,10 @@ class Context:
         self._lock = threading.Lock()
         self._db: dict[str, Any] = {}
         self._db_locks: dict[str, threading.Lock] = {}
+        self._databases: dict[str, list[pgdatabases.Database]] = {}
+        self._backup_targets: list[Target] | None = None
+        self._expand_lock = threading.Lock()
+        self.unlisted: dict[str, str] = {}  # "all" targets whose server could not be asked
         self._counters_path = app.state / COUNTERS_FILE
         self.previous: dict[str, dict[str, float]] = self._load_counters()
         self.current: dict[str, dict[str, float]] = {}
@@ -40,6 +48,40 @@ class Context:
     @property
     def postgres_targets(self) -> list[PostgresTarget]:
         return [t for t in self.app.config.targets if isinstance(t, PostgresTarget)]
+
+    def databases(self, target: PostgresTarget) -> list[pgdatabases.Database]:
+        """The databases of the target's server, listed once per run through db()."""
+        with self._lock:
+            lock = self._db_locks.setdefault(f"databases:{target.name}", threading.Lock())
+        with lock:
+            if target.name not in self._databases:
+                self._databases[target.name] = pgdatabases.list_databases(self.db(target))
+            return self._databases[target.name]
+
+    def backup_targets(self) -> list[Target]:
+        """The configured targets, each `databases = "all"` target replaced by one per
+        database: those its server holds now, or, when the server cannot be asked, those
+        the repository holds backups of (`unlisted` says why). An "all" target with no
+        database left stays itself, so freshness says it has no backup."""
+        with self._expand_lock:
+            if self._backup_targets is None:
+                self._backup_targets = self._expand()
+            return self._backup_targets
+
+    def _expand(self) -> list[Target]:
+        out: list[Target] = []
+        for t in self.app.config.targets:
+            if not isinstance(t, PostgresTarget) or not pgdatabases.is_all(t):
+                out.append(t)
+                continue
+            try:
+                included = pgdatabases.split(t, self.databases(t)).included
+                children: list[Target] = [pgdatabases.child(t, db) for db in included]
+            except (PyopsError, psycopg.Error) as exc:
+                self.unlisted[t.name] = str(exc)
+                children = pgdatabases.stored_targets(self.app.config, self.app.local(), [t])
+            out += children or [t]
+        return out
 
     def db(self, target: PostgresTarget) -> Any:
         """An autocommit connection to the target, made once per run (psycopg

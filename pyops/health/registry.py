@@ -93,6 +93,7 @@ CHECKS: dict[str, Check] = {
         Check("long_running", checks_db.long_running, _postgres),
         Check("blocking", checks_db.blocking, _postgres),
         Check("manifests", checks_backup.manifests, _targets),
+        Check("coverage", checks_db.coverage, _postgres),
     )
 }
 assert tuple(CHECKS) == CHECK_NAMES

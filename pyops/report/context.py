@@ -4,16 +4,17 @@ the statements read once from pg_stat_statements, and each section built once
 
 The session is pgfacts' report session: read-only, autocommit, with short lock and
 statement timeouts set at connect (a role's own settings do not apply). Catalog
-and statistics views take no locks on user tables, but size functions
-(pg_relation_size and friends) open the relation: `lock_timeout` keeps the report
-from queueing behind a migration's ACCESS EXCLUSIVE lock, and size queries skip
-relations locked that way. Thresholds are [health]'s (pgfacts.Thresholds), so a
-finding here is a finding of `pyops health` too.
+and statistics views take no locks on user tables, but size and deparse functions
+(pg_relation_size, pg_get_indexdef, ...) open the relation: queries call them
+through `guarded()`, which skips a table another session holds (or waits for) in
+ACCESS EXCLUSIVE mode, and `lock_timeout` bounds a lock taken during the report.
+Thresholds are [health]'s (pgfacts.Thresholds), so a finding here is a finding of
+`pyops health` too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,21 +34,55 @@ LIMITS = session.REPORT
 # Every query goes through psycopg with parameters (possibly none), so a literal
 # percent sign is written `%%` in all of the report's SQL.
 
-# relations another session holds (or waits for) in ACCESS EXCLUSIVE mode: their
-# size would wait for that lock, so size queries show them as locked instead
-BUSY = """
-  EXISTS (SELECT 1 FROM pg_locks l
-          WHERE l.locktype = 'relation' AND l.mode = 'AccessExclusiveLock'
-            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-            AND (l.relation = {rel} OR l.relation IN (
-                   SELECT x.indexrelid FROM pg_index x WHERE x.indrelid = {rel})
-                 OR l.relation = (SELECT reltoastrelid FROM pg_class WHERE oid = {rel})))
-"""
+# Catalog functions that deparse or measure a relation open it first and so wait for
+# another session's ACCESS EXCLUSIVE lock (pg_get_indexdef, pg_get_constraintdef of a
+# CHECK, pg_get_expr, pg_relation_size and the other size functions). LOCKED is every
+# relation of a table (the table, its indexes, its TOAST table and TOAST index) one of
+# which another session holds or waits for in that mode, granted or queued (a queued
+# request blocks later ones too). An uncorrelated scalar subquery: read once per query.
+LOCKED = """(SELECT coalesce(array_agg(DISTINCT m.oid), '{}'::oid[]) FROM (
+  WITH hit AS (
+    SELECT l.relation FROM pg_locks l
+    WHERE l.locktype = 'relation' AND l.mode = 'AccessExclusiveLock'
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND l.pid IS DISTINCT FROM pg_backend_pid()),
+  owner AS (
+    SELECT relation AS oid FROM hit
+    UNION SELECT i.indrelid FROM pg_index i JOIN hit ON hit.relation = i.indexrelid
+    UNION SELECT c.oid FROM pg_class c JOIN hit ON hit.relation = c.reltoastrelid
+    UNION SELECT c.oid FROM pg_class c JOIN pg_index i ON i.indrelid = c.reltoastrelid
+                 JOIN hit ON hit.relation = i.indexrelid)
+  SELECT oid FROM owner
+  UNION SELECT i.indexrelid FROM pg_index i JOIN owner o ON o.oid = i.indrelid
+  UNION SELECT c.reltoastrelid FROM pg_class c JOIN owner o ON o.oid = c.oid
+  UNION SELECT i.indexrelid FROM pg_class c JOIN owner o ON o.oid = c.oid
+               JOIN pg_index i ON i.indrelid = c.reltoastrelid
+) m)"""
+
+
+def locked(*rels: str) -> str:
+    """SQL: true when reading any of `rels` (oid expressions) would wait for a lock."""
+    return f"(ARRAY[{', '.join(rels)}]::oid[] && {LOCKED})"
+
+
+def guarded(expression: str, *rels: str) -> str:
+    """SQL: `expression`, or NULL when it would wait for a lock on one of `rels`."""
+    return f"CASE WHEN {locked(*rels)} THEN NULL ELSE {expression} END"
 
 
 def safe_size(function: str, rel: str) -> str:
     """SQL: `function(rel)`, or NULL when that would wait for a lock."""
-    return f"CASE WHEN {BUSY.format(rel=rel)} THEN NULL ELSE {function}({rel}) END"
+    return guarded(f"{function}({rel})", rel)
+
+
+def locked_note(tables: Iterable[str], what: str) -> str:
+    """The note naming the tables whose `what` was not read for a lock."""
+    names = ", ".join(sorted(set(tables)))
+    return (
+        f"{names}: held (or awaited) by another session in ACCESS EXCLUSIVE mode, so "
+        f"{what} not read (reading would wait for that lock); the rest is complete. Run "
+        "the report again once the lock is gone"
+    )
 
 
 USER_SCHEMAS = """
@@ -112,6 +147,8 @@ class Probe:
     server_version: str = ""
     _sections: dict[str, Section] = field(default_factory=dict)
     _statements: Statements | None = None
+    # rows several sections read (the index list): read once per report
+    _shared: dict[str, Any] = field(default_factory=dict)
 
     # --- reading -----------------------------------------------------------------
 
@@ -151,6 +188,12 @@ class Probe:
                     message += f" ({LIMITS.describe()}: another session holds a lock)"
                 self._sections[name] = Section(name, name, error=message)
         return self._sections[name]
+
+    def shared(self, key: str, read: Callable[[], Any]) -> Any:
+        """`read()` once per report, for rows that several sections use."""
+        if key not in self._shared:
+            self._shared[key] = read()
+        return self._shared[key]
 
     def statements(self) -> Statements:
         if self._statements is None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from psycopg import sql
 
 from pyops.pgfacts import bloat as bloat_estimate
-from pyops.report.context import Probe, safe_size
+from pyops.report import advice as ddl
+from pyops.report.context import Probe, locked_note, safe_size
 from pyops.report.model import Advice, Column, Section, Severity, Table
 
 # a table is worth vacuuming by hand once this many tuples are dead, and this share
@@ -72,6 +73,7 @@ def bloat(probe: Probe) -> Section:
         """  # noqa: S608 - code-defined fragments; values are bound
     )
     rows = []
+    held = [f"{r['schemaname']}.{r['relname']}" for r in found if r["table_bytes"] is None]
     for r in found:
         live, dead = int(r["n_live_tup"]), int(r["n_dead_tup"])
         size = r["table_bytes"]
@@ -134,6 +136,8 @@ def bloat(probe: Probe) -> Section:
             "the operating system",
         ],
     )
+    if held:
+        section.notes.append(locked_note(held, "its size was"))
     for r in rows:
         if r["n_dead_tup"] < BLOAT_MIN_DEAD or r["dead_ratio"] < BLOAT_INFO_RATIO:
             continue
@@ -144,7 +148,7 @@ def bloat(probe: Probe) -> Section:
                 severity,
                 f"{r['table']}: {r['n_dead_tup']} dead tuples ({r['dead_ratio']:.0%}) hold "
                 "space autovacuum has not reclaimed yet",
-                probe.sql(statement),
+                ddl.ddl(probe, ddl.Step(statement, ddl.locks_vacuum(r["table"]))),
                 object=r["table"],
             )
         )

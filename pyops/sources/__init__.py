@@ -34,6 +34,8 @@ class Dump:
     estimate: Callable[[], int | None] = lambda: None  # expected raw bytes, for progress
     progress_pid_stage: int | None = 0  # which stage's written bytes measure progress
     content: Callable[[], dict[str, Any]] = lambda: {}  # facts, once the stream succeeded
+    # kept beside the artifact, encoded like it (pyops.attachments): kind -> JSON data
+    attachments: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -43,6 +45,32 @@ class RestorePlan:
     destination: str
     overwrites: bool
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RestoreOptions:
+    """How to restore, beyond where: pg_restore's parallelism and selection, and the
+    backup's saved roles and database state (PostgreSQL; None: the backup has none)."""
+
+    jobs: int = 1
+    no_owner: bool = False
+    no_acl: bool = False
+    tables: tuple[str, ...] = ()
+    schemas: tuple[str, ...] = ()
+    globals: dict[str, Any] | None = None
+
+    @property
+    def partial(self) -> bool:
+        """Only some tables or schemas: the database's own state is not the point."""
+        return bool(self.tables or self.schemas)
+
+    def pg_restore_flags(self) -> tuple[str, ...]:
+        return (
+            *(("--no-owner",) if self.no_owner else ()),
+            *(("--no-acl",) if self.no_acl else ()),
+            *(f"--schema={s}" for s in self.schemas),
+            *(f"--table={t}" for t in self.tables),
+        )
 
 
 @dataclass

@@ -14,7 +14,15 @@ from pyops.config import FilesTarget
 from pyops.errors import PyopsError, VerifyFailed
 from pyops.execute import Stage, first_line
 from pyops.manifest import Manifest
-from pyops.sources import Dump, RestorePlan, Staged, aside, compare_content, take_over_metadata
+from pyops.sources import (
+    Dump,
+    RestoreOptions,
+    RestorePlan,
+    Staged,
+    aside,
+    compare_content,
+    take_over_metadata,
+)
 from pyops.tools import archive
 
 EXTENSION = "tar"
@@ -114,7 +122,12 @@ def _staging(path: Path, stamp: str) -> Path:
     return path.parent / f".{path.name}.pyops-restore-{stamp}"
 
 
-def plan(target: FilesTarget, into: str | None) -> RestorePlan:
+def plan(
+    target: FilesTarget,
+    into: str | None,
+    manifest: Manifest | None = None,
+    options: RestoreOptions | None = None,
+) -> RestorePlan:
     if into:
         dest = Path(into)
         if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
@@ -136,6 +149,7 @@ def restore(
     stamp: str,
     scratch: Path,
     jobs: int,
+    options: RestoreOptions | None = None,
 ) -> Staged:
     # in place: exactly the configured paths (restore.prepare refused a backup of other
     # paths); --into: the recorded roots, beneath the new directory

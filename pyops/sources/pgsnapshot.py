@@ -25,8 +25,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from pyops import pgdatabases
 from pyops.config import PostgresTarget
-from pyops.errors import PyopsError, StageFailed
+from pyops.errors import ConfigError, PyopsError, StageFailed
 from pyops.pgfacts import server, session, short
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,8 @@ class Snapshot:
     tables: list[tuple[str, str]] = field(default_factory=list)
     current: str = ""  # the table the session is working on
     pid: int = 0  # its backend
+    without_data: set[str] = field(default_factory=set)  # exclude_table_data matched these
+    row_security_tables: list[str] = field(default_factory=list)  # policies filter these
     _counts: dict[str, int] = field(default_factory=dict)
     _error: psycopg.Error | None = None
     _stopping: bool = False
@@ -121,17 +124,37 @@ class Snapshot:
             "ctype": f[6],
         }
 
+    @property
+    def dump_facts(self) -> dict[str, Any]:
+        """What pg_dump was told to leave out or filter, and which tables that touched:
+        the manifest's source facts (a restore preview shows them)."""
+        facts: dict[str, Any] = {
+            "exclude_table_data": list(self.target.exclude_table_data),
+            "enable_row_security": self.target.enable_row_security,
+        }
+        if self.target.exclude_table_data:
+            facts["tables_without_data"] = sorted(self.without_data)
+        if self.target.enable_row_security:
+            facts["row_security_tables"] = list(self.row_security_tables)
+        return facts
+
     # --- opening -----------------------------------------------------------------------
 
     def _begin(self) -> None:
         conn = self.conn
         self._check_room()
+        # what pg_dump does with the same flag: with it, policies filter what the role
+        # sees (the count too); without it, a table they would filter is an error
+        on = "on" if self.target.enable_row_security else "off"
+        conn.execute(sql.SQL("SET row_security = {}").format(sql.SQL(on)))
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         rows = server.tables(conn)
         denied = [f"{s}.{t}" for s, t, may in rows if not may]
         if denied:
             raise SnapshotFailed(self._denied_message(denied))
         self.tables = [(s, t) for s, t, _ in rows]
+        self.without_data = self._tables_without_data()
+        self._check_row_security()
         row = conn.execute("SELECT pg_export_snapshot()").fetchone()
         facts = conn.execute(FACTS).fetchone()
         assert row is not None and facts is not None
@@ -151,17 +174,89 @@ class Snapshot:
         if room.free is not None and room.free < pg_dump_connections(self.target):
             raise SnapshotFailed(connection_limit_message(self.target, "", room))
 
+    def _tables_without_data(self) -> set[str]:
+        """The tables `exclude_table_data` matches, matched as pg_dump matches them
+        (its regular expressions, and a pattern without a schema matching the tables
+        visible on this session's search_path, which is pg_dump's: the dsn's, role's and
+        database's settings), among the tables a backup holds."""
+        found: set[str] = set()
+        collate = " COLLATE pg_catalog.default" if self.conn.info.server_version >= 120000 else ""
+        query = sql.SQL(
+            "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c"
+            " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE c.relkind = 'r' AND c.relname OPERATOR(pg_catalog.~) %(name)s{collate}"
+            " AND CASE WHEN %(schema)s::text IS NULL"
+            " THEN pg_catalog.pg_table_is_visible(c.oid)"
+            " ELSE n.nspname OPERATOR(pg_catalog.~) %(schema)s{collate} END"
+        ).format(collate=sql.SQL(collate))
+        for pattern in self.target.exclude_table_data:
+            schema, name = pgdatabases.table_pattern(pattern)
+            try:
+                rows = self.conn.execute(query, {"name": name, "schema": schema}).fetchall()
+            except psycopg.errors.InvalidRegularExpression as exc:
+                raise ConfigError(
+                    f"targets.{self.target.name}.exclude_table_data",
+                    f"{pattern!r} is not a valid pattern: {exc.diag.message_primary or exc}",
+                ) from None
+            found |= {f"{s}.{t}" for s, t in rows}
+        return found & {f"{s}.{t}" for s, t in self.tables}
+
+    def _check_row_security(self) -> None:
+        """Tables whose row-level security applies to this role (it neither owns them
+        nor bypasses RLS, or owns them with FORCE ROW LEVEL SECURITY): pg_dump refuses
+        them without --enable-row-security; with it, they are dumped filtered, and the
+        manifest names them."""
+        rows = self.conn.execute(
+            "SELECT n.nspname, c.relname, pg_catalog.pg_has_role(c.relowner, 'USAGE')"
+            " FROM pg_catalog.pg_class c"
+            " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE c.relkind = 'r' AND c.relrowsecurity"
+            " AND pg_catalog.row_security_active(c.oid) ORDER BY 1, 2"
+        ).fetchall()
+        ours = {f"{s}.{t}" for s, t in self.tables}
+        found = [(f"{s}.{t}", bool(owner)) for s, t, owner in rows if f"{s}.{t}" in ours]
+        if self.target.enable_row_security:
+            self.row_security_tables = [name for name, _ in found]
+            return
+        found = [(name, owner) for name, owner in found if name not in self.without_data]
+        if found:
+            raise SnapshotFailed(self._row_security_message(found))
+
+    def _row_security_message(self, found: list[tuple[str, bool]]) -> str:
+        user = _ident(self.user) if self.user else "the connecting role"
+        names = _listed([name for name, _ in found])
+        if all(owner for _, owner in found):
+            why = f"{user} owns it but it has FORCE ROW LEVEL SECURITY"
+            fix = (
+                "set enable_row_security = true in the target (pg_dump --enable-row-security; "
+                f"the backup then holds the rows its policies let {user} see), or back up as "
+                "a role with BYPASSRLS or a superuser"
+            )
+        else:
+            why = f"{user} does not own it and does not bypass row-level security"
+            fix = (
+                "back up as the owner, a role with BYPASSRLS or a superuser; or set "
+                "enable_row_security = true in the target to keep only the rows its policies "
+                f"let {user} see"
+            )
+        return (
+            f"target {self.target.name}: row-level security applies to table {names} "
+            f"({why}): pg_dump refuses to dump it as it is. To back it up, {fix}"
+        )
+
     # --- counting ----------------------------------------------------------------------
 
     def start_counting(self) -> None:
-        """Count every table's rows in the snapshot, on a thread, while pg_dump runs."""
+        """Count every table's rows in the snapshot, on a thread, while pg_dump runs;
+        not those whose rows exclude_table_data leaves out (the backup holds none)."""
+        counted = [(s, t) for s, t in self.tables if f"{s}.{t}" not in self.without_data]
 
         def count() -> None:
             try:
-                server.count_rows(self.conn, self.tables, self._counts)
+                server.count_rows(self.conn, counted, self._counts)
             except psycopg.Error as exc:
                 self.current = next(
-                    (f"{s}.{t}" for s, t in self.tables if f"{s}.{t}" not in self._counts), ""
+                    (f"{s}.{t}" for s, t in counted if f"{s}.{t}" not in self._counts), ""
                 )
                 self._error = exc
 
@@ -174,7 +269,9 @@ class Snapshot:
             self._thread.join()
         if self._error is not None:
             raise self._explain_error(self._error)
-        return dict(self._counts)
+        # a table whose rows were left out comes back empty: that is what the drill
+        # finds, and the manifest's source facts say why
+        return {**dict.fromkeys(sorted(self.without_data), 0), **self._counts}
 
     def stop(self) -> None:
         """Cancel a count still running (the backup failed or was interrupted)."""

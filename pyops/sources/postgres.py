@@ -21,13 +21,14 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pyops import secrets, stream, tarsafe
+from pyops import pgstate, secrets, stream, tarsafe
 from pyops.config import PostgresTarget
-from pyops.errors import ConfigError, PyopsError, VerifyFailed
+from pyops.errors import ConfigError, PyopsError, UsageError, VerifyFailed
 from pyops.execute import DEVNULL, PIPE, Stage, first_line, pipeline
 from pyops.manifest import Manifest
+from pyops.pgfacts import globals as pg_globals
 from pyops.pgfacts import session
-from pyops.sources import Dump, RestorePlan, Staged, pgsnapshot
+from pyops.sources import Dump, RestoreOptions, RestorePlan, Staged, pgrebuild, pgsnapshot
 from pyops.tools import pg
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,10 @@ def dump(target: PostgresTarget, scratch: Path) -> Iterator[Dump]:
     try:
         directory, banner = client_for(target, snap.server_major, "pg_dump")
         lock_wait_ms = max(1, round(target.lock_wait_seconds * 1000))
+        try:  # in the snapshot's transaction, before the count takes the session
+            saved = pg_globals.capture(snap.conn)
+        except psycopg.Error as exc:
+            raise snap.explain(exc) from None
         snap.start_counting()
         try:
             if target.format == "directory":
@@ -174,16 +179,18 @@ def dump(target: PostgresTarget, scratch: Path) -> Iterator[Dump]:
                         env=env,
                         snapshot=snap.id,
                         lock_wait_ms=lock_wait_ms,
+                        **pg.dump_options(target),
                     )
                 ]
             size = int(snap.source["size"])
             yield Dump(
                 format=target.format,
-                source=snap.source,
+                source={**snap.source, **snap.dump_facts},
                 tools={"pg_dump": banner},
                 stages=stages,
                 estimate=lambda: size,
                 content=lambda: {"tables": snap.counts()},
+                attachments={"globals": saved},
             )
             snap.counts()
         except BaseException as exc:
@@ -214,6 +221,7 @@ def _dump_directory(
         jobs=target.jobs,
         directory=out,
         lock_wait_ms=lock_wait_ms,
+        **pg.dump_options(target),
     )
     with pipeline([stage], stdout=PIPE) as running:
         for _ in running.chunks():
@@ -228,9 +236,13 @@ def _tar_directory(scratch: Path) -> Stage:
 
 
 def _pg_restore_stage(
-    conninfo_: str | None, env: dict[str, str], jobs: int = 1, source: Path | None = None
+    conninfo_: str | None,
+    env: dict[str, str],
+    jobs: int = 1,
+    source: Path | None = None,
+    flags: tuple[str, ...] = (),
 ) -> Stage:
-    return pg.pg_restore(newest_client(), conninfo_, env=env, jobs=jobs, source=source)
+    return pg.pg_restore(newest_client(), conninfo_, env=env, jobs=jobs, source=source, flags=flags)
 
 
 def newest_client() -> Path | None:
@@ -331,33 +343,125 @@ def _housekeeping(target: PostgresTarget, conn: psycopg.Connection[Any]) -> None
     """Before a backup: leftovers of interrupted restores go; failing that is a warning."""
     try:
         drop_restore_leftovers(target, conn)
-    except psycopg.Error as exc:
-        log.warning("could not check for leftovers of interrupted restores: %s", exc)
+    except (psycopg.Error, PyopsError) as exc:  # never the reason a backup fails
+        log.warning("could not remove leftovers of interrupted restores: %s", exc)
 
 
-def plan(target: PostgresTarget, into: str | None) -> RestorePlan:
+def check_database_name(into: str) -> None:
+    """--into names a database: something PostgreSQL can name, nothing else."""
+    if not into.strip() or len(into.encode()) > 63 or "\0" in into or into != into.strip():
+        raise UsageError(
+            f"--into {into!r} is not a database name (1 to 63 bytes, no surrounding blanks)",
+            "--into",
+        )
+
+
+def check_client(manifest: Manifest | None) -> Path | None:
+    """pg_restore must be at least as new as the pg_dump that wrote the dump: say both
+    versions before anything is touched."""
+    directory = newest_client()
+    if manifest is None:
+        return directory
+    dumped = _major(manifest.tools.get("pg_dump", ""))
+    banner = first_line(
+        pg.version(directory, "pg_restore" if manifest.format != "plain" else "psql")
+    )
+    if dumped and _major(banner) < dumped:
+        raise PyopsError(
+            f"{manifest.id} was written by pg_dump {dumped} ({manifest.tools['pg_dump']}), but "
+            f"the newest client here is {banner}: install postgresql-client-{dumped} "
+            "(nothing was changed)"
+        )
+    return directory
+
+
+def plan(
+    target: PostgresTarget,
+    into: str | None,
+    manifest: Manifest | None = None,
+    options: RestoreOptions | None = None,
+) -> RestorePlan:
+    """What the restore will do, and everything that would stop it half-way, checked
+    before anything changes: the client's version, the rights to create the roles and
+    the database, to give it its owner, to end the sessions on the live database and
+    to rename it aside."""
+    opts = options or RestoreOptions()
+    if into is not None:
+        check_database_name(into)
+    check_client(manifest)
     live = dbname(target)
     drop_restore_leftovers(target)
+    notes: list[str] = []
     with _maintenance_db(target) as conn:
-        if into:
-            if _exists(conn, into):
-                raise PyopsError(
-                    f"--into database {into!r} exists: drop it or choose a new name "
-                    "(nothing was changed)"
+        who = pgrebuild.me(conn)
+        problems: list[str] = []
+        if into and _exists(conn, into):
+            raise PyopsError(
+                f"--into database {into!r} exists: drop it or choose a new name "
+                "(nothing was changed)"
+            )
+        overwrites = not into and _exists(conn, live)
+        state = opts.globals
+        if state is not None:
+            existing = pgrebuild.existing_roles(conn)
+            roles = pgstate.roles(state, existing, int(conn.info.server_version) // 10000)
+            owner = None if opts.no_owner else pgstate.owner(state, who)
+            owner_needs = owner if owner and not _member(conn, owner) else None
+            problems += pgstate.missing_rights(roles, state, who, owner_needs)
+            if roles.create:
+                notes.append(f"roles to create (missing here): {', '.join(roles.create)}")
+            notes += [f"left out: {s}" for s in roles.skipped]
+            if not opts.partial:
+                notes += pgrebuild.foreseen_refusals(state, who)
+        else:
+            if manifest is not None and not opts.partial:
+                notes.append(
+                    "this backup holds no roles or database settings (taken before pyops "
+                    "kept them): roles must exist; owner, settings and grants of the "
+                    "database are not restored"
                 )
-            return RestorePlan(destination=f"database {into} on {where(target)}", overwrites=False)
-        overwrites = _exists(conn, live)
-    return RestorePlan(
-        destination=f"database {live} on {where(target)}",
-        overwrites=overwrites,
-        notes=[
+            if not who.createdb and not who.superuser:
+                problems.append(
+                    f"creating the database needs CREATEDB (ALTER ROLE {who.name} CREATEDB)"
+                )
+        if overwrites:
+            problems += pgrebuild.session_problems(conn, live, who)
+    if problems:
+        raise PyopsError(
+            "this restore could not finish, so nothing was changed: " + "; ".join(problems)
+        )
+    if opts.no_owner:
+        notes.append(f"--no-owner: every object will belong to {who.name}")
+    if opts.no_acl:
+        notes.append("--no-acl: no grants are restored")
+    if opts.tables:
+        notes.append(
+            "--table restores the table's definition and rows only: its indexes, constraints, "
+            "defaults and sequences are not restored with it"
+        )
+    if into:
+        return RestorePlan(
+            destination=f"database {into} on {where(target)}", overwrites=False, notes=notes
+        )
+    if overwrites:
+        notes += [
             "restored into a new database, then names are swapped; the current one is "
             f"kept as {live}_pre_restore_<time>",
             "sessions connected to it are terminated at the swap: stop the application",
         ]
-        if overwrites
-        else [],
+    else:
+        notes.append(f"database {live} does not exist here: nothing to replace")
+    return RestorePlan(
+        destination=f"database {live} on {where(target)}", overwrites=overwrites, notes=notes
     )
+
+
+def _member(conn: psycopg.Connection[Any], role: str) -> bool:
+    row = conn.execute(
+        "SELECT pg_has_role(current_user, oid, 'MEMBER') FROM pg_roles WHERE rolname = %s",
+        (role,),
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def _name(base: str, suffix: str) -> str:
@@ -366,18 +470,38 @@ def _name(base: str, suffix: str) -> str:
     return cut + suffix
 
 
-def _create_db(conn: psycopg.Connection[Any], name: str, manifest: Manifest) -> None:
+def _create_db(
+    conn: psycopg.Connection[Any],
+    name: str,
+    manifest: Manifest,
+    state: dict[str, Any] | None,
+    owner: str | None,
+) -> None:
+    """CREATE DATABASE with the source's encoding and locale (its locale provider
+    too), then give it its owner: before hours of loading, so a refusal costs nothing."""
+    facts = {**manifest.source, **((state or {}).get("database") or {})}
     query = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))
-    enc = manifest.source.get("encoding")
-    if enc:
+    if facts.get("encoding"):
         query += sql.SQL(" ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
-            sql.Literal(enc),
-            sql.Literal(manifest.source.get("collate")),
-            sql.Literal(manifest.source.get("ctype")),
+            sql.Literal(facts["encoding"]),
+            sql.Literal(facts.get("collate")),
+            sql.Literal(facts.get("ctype")),
+        )
+    if facts.get("locale_provider") == "icu" and facts.get("icu_locale"):
+        query += sql.SQL(" LOCALE_PROVIDER icu ICU_LOCALE {}").format(
+            sql.Literal(facts["icu_locale"])
         )
     try:
         conn.execute(query)
+        if owner:
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                    sql.Identifier(name), sql.Identifier(owner)
+                )
+            )
     except psycopg.Error as exc:
+        with contextlib.suppress(psycopg.Error):
+            _drop(conn, name)
         raise PyopsError(f"cannot create database {name}: {exc}".strip()) from None
 
 
@@ -387,7 +511,9 @@ def drop_database(target: PostgresTarget, name: str) -> None:
 
 
 def _drop(conn: psycopg.Connection[Any], name: str) -> None:
-    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    from pyops.sources import pgdrop
+
+    pgdrop.drop(conn, name)
 
 
 def restore(
@@ -399,25 +525,65 @@ def restore(
     stamp: str,
     scratch: Path,
     jobs: int,
+    options: RestoreOptions | None = None,
 ) -> Staged:
+    """Roles first (the missing ones), then a new database with the source's encoding,
+    locale and owner, the dump loaded into it, then its settings, grants and comment;
+    commit swaps it in."""
+    opts = options or RestoreOptions(jobs=jobs)
     live = dbname(target)
     work = into or _name(live, f"{RESTORE_SUFFIX}{stamp}")
     env = child_env(target)
+    state = opts.globals
+    outcome = pgrebuild.Outcome()
     with _maintenance_db(target) as conn:
-        _create_db(conn, work, manifest)
+        who = pgrebuild.me(conn)
+        roles = pgrebuild.create_roles(conn, state, outcome) if state is not None else set()
+        owner = None if opts.no_owner or state is None else pgstate.owner(state, who)
+        _create_db(conn, work, manifest, state, owner if owner != who.name else None)
     try:
-        _load(target, manifest, chunks, decoders, conninfo(target, work), env, scratch, jobs)
+        if opts.partial:
+            _create_schemas(target, work, partial_schemas(manifest, opts))
+        _load(target, manifest, chunks, decoders, conninfo(target, work), env, scratch, opts)
+        if state is not None and not opts.partial:
+            final = into or live  # what a statement to run by hand must name
+            steps, skipped = pgstate.database(
+                state, work, roles, owner or who.name, acl=not opts.no_acl
+            )
+            shown, _ = pgstate.database(state, final, roles, owner or who.name, acl=not opts.no_acl)
+            outcome.not_applied += skipped
+            with _maintenance_db(target) as conn:
+                pgrebuild.run_steps(conn, list(zip(steps, shown, strict=True)), outcome)
     except BaseException:
         with contextlib.suppress(Exception):
             drop_database(target, work)
         raise
+    done = outcome.summary()
 
     def commit() -> str:
-        if into:
-            return f"restored into database {into}"
-        return _swap(target, live, work, stamp)
+        said = f"restored into database {into}" if into else _swap(target, live, work, stamp)
+        return f"{said}; {done}" if done else said
 
     return Staged(commit=commit, discard=lambda: drop_database(target, work))
+
+
+def partial_schemas(manifest: Manifest, opts: RestoreOptions) -> list[str]:
+    """The schemas a --table/--schema restore writes into: pg_restore --table restores
+    the table alone, not its schema, so they are created first (the manifest knows in
+    which schema each table lies)."""
+    found = set(opts.schemas)
+    for name in manifest.content.get("tables", {}):
+        schema, _, table = name.partition(".")
+        if table in opts.tables and (not opts.schemas or schema in opts.schemas):
+            found.add(schema)
+    return sorted(found)
+
+
+def _create_schemas(target: PostgresTarget, database: str, schemas: list[str]) -> None:
+    limits = session.restore(target.lock_wait_seconds)
+    with session.connect(target, limits, purpose="restore", db=database) as conn:
+        for schema in schemas:
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
 
 
 def _load(
@@ -428,15 +594,16 @@ def _load(
     dest: str,
     env: dict[str, str],
     scratch: Path,
-    jobs: int,
+    opts: RestoreOptions,
 ) -> None:
-    fmt = manifest.format
+    fmt, jobs = manifest.format, opts.jobs
+    flags = opts.pg_restore_flags()
     if fmt == "plain":
         psql = pg.psql_script(newest_client(), dest, env=env)
         stream.into_tool(chunks, [*decoders, psql])
     elif fmt == "directory":
         out = _unpack_directory(manifest, chunks, decoders, scratch)
-        stage = _pg_restore_stage(dest, env, jobs=jobs, source=out)
+        stage = _pg_restore_stage(dest, env, jobs=jobs, source=out, flags=flags)
         with pipeline([stage], stdout=DEVNULL):
             pass
         shutil.rmtree(out, ignore_errors=True)
@@ -446,12 +613,12 @@ def _load(
         fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as out_file, stream.decoded(chunks, decoders) as decoded:
             shutil.copyfileobj(decoded, out_file, 1 << 20)
-        stage = _pg_restore_stage(dest, env, jobs=jobs, source=copy)
+        stage = _pg_restore_stage(dest, env, jobs=jobs, source=copy, flags=flags)
         with pipeline([stage], stdout=DEVNULL):
             pass
         copy.unlink()
     else:
-        stream.into_tool(chunks, [*decoders, _pg_restore_stage(dest, env)])
+        stream.into_tool(chunks, [*decoders, _pg_restore_stage(dest, env, flags=flags)])
 
 
 def _swap(target: PostgresTarget, live: str, work: str, stamp: str) -> str:
@@ -461,11 +628,7 @@ def _swap(target: PostgresTarget, live: str, work: str, stamp: str) -> str:
         with _maintenance_db(target) as conn:
             exists = _exists(conn, live)
             if exists:
-                conn.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = %s AND pid <> pg_backend_pid()",
-                    (live,),
-                )
+                pgrebuild.terminate(conn, live, pgrebuild.me(conn))
             try:
                 with conn.transaction():
                     if exists:
@@ -482,6 +645,13 @@ def _swap(target: PostgresTarget, live: str, work: str, stamp: str) -> str:
             except psycopg.errors.ObjectInUse:
                 time.sleep(0.5 * (attempt + 1))
                 continue
+            except psycopg.Error as exc:
+                raise PyopsError(
+                    f"could not swap {work} into {live}: {exc.diag.message_primary or exc}. "
+                    f"The restored copy is kept as {work}: run ALTER DATABASE {live} RENAME TO "
+                    f"{aside}; ALTER DATABASE {work} RENAME TO {live}; (the next backup or "
+                    "restore of this target drops it otherwise)"
+                ) from None
         kept = f"; previous database kept as {aside}" if exists else ""
         return f"restored database {live}{kept}"
     raise PyopsError(

@@ -17,7 +17,15 @@ from pyops.errors import PyopsError, VerifyFailed
 from pyops.execute import Stage
 from pyops.fsutil import fsync_dir
 from pyops.manifest import Manifest
-from pyops.sources import Dump, RestorePlan, Staged, aside, compare_content, take_over_metadata
+from pyops.sources import (
+    Dump,
+    RestoreOptions,
+    RestorePlan,
+    Staged,
+    aside,
+    compare_content,
+    take_over_metadata,
+)
 
 EXTENSION = "sqlite3"
 
@@ -142,7 +150,12 @@ def deep_check(
     return check_file(copy, manifest)
 
 
-def plan(target: SqliteTarget, into: str | None) -> RestorePlan:
+def plan(
+    target: SqliteTarget,
+    into: str | None,
+    manifest: Manifest | None = None,
+    options: RestoreOptions | None = None,
+) -> RestorePlan:
     dest = Path(into) if into else target.path
     if into and dest.exists():
         raise PyopsError(f"--into {dest} exists: choose a new path (nothing was changed)")
@@ -164,6 +177,7 @@ def restore(
     stamp: str,
     scratch: Path,
     jobs: int,
+    options: RestoreOptions | None = None,
 ) -> Staged:
     """Write beside the destination and check it; commit renames it into place."""
     dest = Path(into) if into else target.path

@@ -3,12 +3,15 @@ target types, content snapshots to prove live data untouched, manifest surgery."
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
-from collections.abc import Callable, Mapping
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -264,3 +267,25 @@ def run_script(
         timeout=timeout,
         check=False,
     )
+
+
+# --- scratch clusters -----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def scratch_tmpdir() -> Iterator[Path]:
+    """A short TMPDIR the postgres system user can traverse, for `--scratch-cluster`
+    (a unix socket path has ~107 bytes: pytest's tmp_path is too deep). It must be
+    empty again afterwards: the scratch cluster removes itself."""
+    path = Path(tempfile.mkdtemp(prefix="sc-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        left = sorted(p.name for p in path.iterdir())
+        shutil.rmtree(path, ignore_errors=True)
+        assert left == [], f"a scratch cluster was left in {path}: {left}"
+
+
+def cluster_dirs(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir())

@@ -9,6 +9,11 @@ from conftest import ReportDb, advice_for, recommendations
 pytestmark = pytest.mark.postgres
 
 
+def statements(text: str) -> list[str]:
+    """Advice SQL without its comments (what each statement locks)."""
+    return [line for line in text.splitlines() if not line.startswith("--")]
+
+
 def _setup_integrity(db: ReportDb) -> None:
     db.sql(
         "CREATE TABLE parents (id int PRIMARY KEY)",
@@ -56,32 +61,69 @@ def test_integrity_findings_then_fixed(db: ReportDb) -> None:
     assert sequences["public.counter"]["used_percent"] == pytest.approx(90.03, abs=0.01)
     assert sequences["public.tickets_id_seq"]["column"] == "public.tickets.id"
 
+    lock = "SET lock_timeout = '5s';"
     expected = {
-        "public.dupes_v": 'REINDEX INDEX CONCURRENTLY "public"."dupes_v";',
-        "public.children.children_qty_positive": (
-            'ALTER TABLE "public"."children" VALIDATE CONSTRAINT "children_qty_positive";'
-        ),
-        "public.children.children_parent_fk": (
-            'ALTER TABLE "public"."children" VALIDATE CONSTRAINT "children_parent_fk";'
-        ),
-        "public.audit_log": 'ALTER TABLE "public"."audit_log" ADD PRIMARY KEY ("id");',
-        "public.tags": 'ALTER TABLE "public"."tags" ADD PRIMARY KEY USING INDEX "tags_name_idx";',
-        "public.notes": (
+        "public.children.children_qty_positive": [
+            lock,
+            'ALTER TABLE "public"."children" VALIDATE CONSTRAINT "children_qty_positive";',
+        ],
+        "public.children.children_parent_fk": [
+            lock,
+            'ALTER TABLE "public"."children" VALIDATE CONSTRAINT "children_parent_fk";',
+        ],
+        # a unique index built without blocking writes, then made the key
+        "public.audit_log": [
+            lock,
+            'CREATE UNIQUE INDEX CONCURRENTLY "audit_log_pkey" ON "public"."audit_log" ("id");',
+            'ALTER TABLE "public"."audit_log" ADD PRIMARY KEY USING INDEX "audit_log_pkey";',
+        ],
+        "public.tags": [
+            lock,
+            'ALTER TABLE "public"."tags" ADD PRIMARY KEY USING INDEX "tags_name_idx";',
+        ],
+        "public.notes": [
+            lock,
             'ALTER TABLE "public"."notes" ADD COLUMN id bigint GENERATED ALWAYS AS IDENTITY '
-            "PRIMARY KEY;"
-        ),
-        "public.counter": 'ALTER SEQUENCE "public"."counter" AS bigint;',
+            "PRIMARY KEY;",
+        ],
+        "public.counter": [lock, 'ALTER SEQUENCE "public"."counter" AS bigint;'],
         # the column runs out as soon as the sequence does: widen both
-        "public.tickets_id_seq": 'ALTER TABLE "public"."tickets" ALTER COLUMN "id" TYPE bigint;\n'
-        'ALTER SEQUENCE "public"."tickets_id_seq" AS bigint;',
+        "public.tickets_id_seq": [
+            lock,
+            'ALTER TABLE "public"."tickets" ALTER COLUMN "id" TYPE bigint;',
+            'ALTER SEQUENCE "public"."tickets_id_seq" AS bigint;',
+        ],
     }
     advice = {r["object"]: r for r in recommendations(doc, "integrity")}
-    assert {k: v["sql"] for k, v in advice.items()} == expected
+    rebuild = advice.pop("public.dupes_v")
+    assert {k: statements(v["sql"]) for k, v in advice.items()} == expected
     assert {v["severity"] for v in advice.values()} == {"warning"}
+    # each statement says what it locks, in a comment just before it
+    for v in advice.values():
+        lines = v["sql"].splitlines()
+        for i, line in enumerate(lines[1:], 1):
+            if not line.startswith("--"):
+                assert lines[i - 1].startswith("-- "), v["sql"]
+    assert "ACCESS EXCLUSIVE on public.tags, briefly" in advice["public.tags"]["sql"]
+    assert (
+        "SHARE UPDATE EXCLUSIVE on public.children, and ROW SHARE on public.parents"
+        in (advice["public.children.children_parent_fk"]["sql"])
+    )
+    assert (
+        "ACCESS EXCLUSIVE on public.tickets for the whole table rewrite"
+        in (advice["public.tickets_id_seq"]["sql"])
+    )
+    # the invalid unique index is dropped and built again, never REINDEXed
+    assert statements(rebuild["sql"])[-3:] == [
+        lock,
+        'DROP INDEX CONCURRENTLY "public"."dupes_v";',
+        "CREATE UNIQUE INDEX CONCURRENTLY dupes_v ON public.dupes USING btree (v);",
+    ]
 
     # the invalid index failed on duplicate values: fix the data, then rebuild it
     db.sql("DELETE FROM dupes WHERE id = 2")
-    db.sql(*(statement for r in advice.values() for statement in r["sql"].split("\n")))
+    for r in (rebuild, *advice.values()):
+        db.pg.psql(r["sql"], dbname=db.name)
 
     after = db.report("integrity", "recommendations")
     facts = after["integrity"]["facts"]
@@ -109,9 +151,13 @@ def test_bloat_estimate_then_vacuumed(db: ReportDb) -> None:
     assert any(n.startswith("an estimate") for n in doc["bloat"]["notes"])
     advice = advice_for(doc, "bloat", "public.sessions")
     assert advice["severity"] == "warning"
-    assert advice["sql"] == 'VACUUM (ANALYZE) "public"."sessions";'
+    assert statements(advice["sql"]) == [
+        "SET lock_timeout = '5s';",
+        'VACUUM (ANALYZE) "public"."sessions";',
+    ]
+    assert "-- locks: SHARE UPDATE EXCLUSIVE on public.sessions" in advice["sql"]
 
-    db.sql(advice["sql"])
+    db.pg.psql(advice["sql"], dbname=db.name)
 
     after = db.report("bloat", "recommendations")
     assert [r for r in after["bloat"]["tables"] if r["table"] == "public.sessions"] == []

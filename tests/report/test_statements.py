@@ -27,8 +27,8 @@ def test_n_plus_one_loop_is_found_and_its_batched_rewrite_works(db: ReportDb) ->
 
     doc = db.report("n-plus-one", "queries", "recommendations")
     found = doc["n-plus-one"]["statements"]
-    assert [(r["query"], r["calls"], r["table"], r["column"]) for r in found] == [
-        (LOOKUP, 200, "orders", "customer_id")
+    assert [(r["query"], r["calls"], r["table"], r["columns"]) for r in found] == [
+        (LOOKUP, 200, "orders", ["customer_id"])
     ]
     assert found[0]["rows_per_call"] == 1.0
     most_called = doc["queries"]["most_called"][0]
@@ -37,12 +37,20 @@ def test_n_plus_one_loop_is_found_and_its_batched_rewrite_works(db: ReportDb) ->
     assert not any("pyops report" in r["query"] for r in doc["queries"]["most_called"])
     advice = advice_for(doc, "n-plus-one", str(found[0]["queryid"]))
     assert advice["severity"] == "warning"
-    assert advice["sql"] == "SELECT * FROM orders WHERE customer_id = ANY($1)"
-    # the rewrite is one round trip for all 200 customers
+    # the key's type, from the column, carried by the array: PREPAREd by the report
+    assert advice["sql"] == "SELECT * FROM orders WHERE customer_id = ANY($1::integer[])"
+    assert found[0]["instead"] == advice["sql"]
+    # the rewrite is one round trip for all 200 customers, and returns what the loop did
     with db.connect() as app:
         ids = [c[0] for c in customers]
-        rows = app.execute(advice["sql"].replace("$1", "%s"), (ids,)).fetchall()
-    assert len(rows) == 200
+        rows = app.execute(advice["sql"].replace("$1::integer[]", "%s"), (ids,)).fetchall()
+        looped = [
+            row for i in ids for row in app.execute(LOOKUP.replace("$1", "%s"), (i,)).fetchall()
+        ]
+    assert sorted(rows) == sorted(looped) and len(rows) == 200
+    text = db.run("--section", "n-plus-one")
+    assert text.returncode == 0, text.stderr
+    assert "customer_id = ANY($1::integer[])" in text.stdout
 
 
 def test_missing_index_found_then_created(db: ReportDb) -> None:
@@ -72,9 +80,11 @@ def test_missing_index_found_then_created(db: ReportDb) -> None:
     assert "SELECT count(*) FROM events WHERE account_id = $1" in events["statements"]
     advice = advice_for(doc, "missing-indexes", "public.events")
     assert advice["severity"] == "warning"
-    assert advice["sql"] == 'CREATE INDEX CONCURRENTLY ON "public"."events" ("account_id");'
-
-    db.sql(advice["sql"])
+    assert [ln for ln in advice["sql"].splitlines() if not ln.startswith("--")] == [
+        "SET lock_timeout = '5s';",
+        'CREATE INDEX CONCURRENTLY "events_account_id_idx" ON "public"."events" ("account_id");',
+    ]
+    db.pg.psql(advice["sql"], dbname=db.name)  # pasted as printed
 
     after = db.report("missing-indexes", "unused-indexes", "recommendations")
     assert after["missing-indexes"]["tables"] == []

@@ -1062,3 +1062,63 @@ def test_a_temp_file_with_an_impossible_pid_does_not_stop_the_sweep(tmp_path: Pa
 
 def test_store_errors_are_pyops_errors() -> None:
     assert issubclass(StoreError, PyopsError)
+
+
+# --------------------------------------------------------------------------- attachments
+
+
+def with_globals(m: Manifest, data: bytes = b'{"roles": []}') -> tuple[Manifest, bytes]:
+    m.attachments = {
+        "globals": {
+            "name": f"{m.id}.globals.json.zst.gpg",
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+    }
+    return m, data
+
+
+def add_with_globals(cat: Catalog, m: Manifest) -> Backup:
+    m, data = with_globals(m)
+    cat.store.put_bytes(f"{m.target}/{m.tier}/{m.attachments['globals']['name']}", data)
+    return add(cat, m)
+
+
+def test_an_attachment_is_copied_before_the_manifest_and_checked() -> None:
+    src, dst = mem_pair()
+    b = add_with_globals(src, manifest())
+    assert copy(src, dst, b) is True
+    key = b.attachment_key("globals")
+    assert dst_keys(dst) == sorted([b.artifact_key, key, b.manifest_key])
+    assert copy(src, dst, b) is False  # all there: nothing sent again
+    dst.store.delete(key)
+    assert copy(src, dst, b) is True  # a missing attachment alone is sent
+    src.store.put_bytes(key, b"altered")
+    dst.store.delete(key)
+    with pytest.raises(PyopsError, match="failed"):
+        copy(src, dst, b)
+    assert dst.store.stat(key) is None
+
+
+def test_delete_removes_the_attachment_and_leftovers_know_it() -> None:
+    cat = catalog()
+    b = add_with_globals(cat, manifest())
+    key = b.attachment_key("globals")
+    cat.store.delete(b.manifest_key)  # a run that died before its manifest
+    assert sorted(cat.leftovers("app-db")) == sorted([b.artifact_key, key])
+    b = add_with_globals(cat, manifest())
+    cat.delete(b)
+    assert dst_keys(cat) == []
+
+
+def test_an_attachment_entry_is_validated_and_covered_by_the_mac() -> None:
+    cat = catalog()
+    b = add_with_globals(cat, manifest())
+    forged = Manifest.parse(cat.read_manifest_bytes(b), "x")
+    forged.attachments["globals"]["sha256"] = "cd" * 32
+    plant(cat, b.manifest_key, forged)
+    assert refused(cat.scan()) == {b.manifest_key: MAC_MISMATCH}
+    bad = manifest()
+    bad.attachments = {"globals": {"name": "../../etc/passwd", "bytes": 1, "sha256": "ab" * 32}}
+    plant(cat, b.manifest_key, sealed(bad))
+    assert "attachments.globals.name" in refused(cat.scan())[b.manifest_key]

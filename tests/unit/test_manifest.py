@@ -544,3 +544,52 @@ def test_a_relabelled_file_breaks_the_mac() -> None:
     raw = json.loads(m.to_json())
     raw["duration_s"] = 42  # same number, other form: not what was sealed
     assert not authentic(KEY, Manifest.parse(encode(raw), "t"))
+
+
+# --------------------------------------------------------------------------- attachments
+
+
+def test_a_manifest_without_attachments_keeps_its_mac_across_versions() -> None:
+    """Manifests sealed before attachments existed stay authentic: the empty field is
+    not part of what the MAC covers."""
+    key = b"k" * 32
+    old = manifest()
+    body = old.canonical()
+    assert b"attachments" not in body
+    sealed = mf.seal(key, old)
+    assert mf.authentic(key, Manifest.parse(sealed.to_json(), "x"))
+    old.attachments = {
+        "globals": {"name": f"{old.id}.globals.json", "bytes": 1, "sha256": "ab" * 32}
+    }
+    assert b"attachments" in old.canonical()
+    assert not mf.authentic(key, old)
+
+
+@pytest.mark.parametrize(
+    ("attachments", "problem"),
+    [
+        ({"roles": {}}, "attachments.roles is not a known attachment"),
+        ({"globals": {"name": "x", "bytes": 1, "sha256": "ab" * 32}}, "attachments.globals.name"),
+        ({"globals": {"name": "{id}.globals.json", "bytes": -1, "sha256": "ab" * 32}}, "bytes"),
+        ({"globals": {"name": "{id}.globals.json.zst", "bytes": 1, "sha256": "x"}}, "sha256"),
+        ([], "attachments has the wrong type"),
+    ],
+)
+def test_attachment_entries_are_checked(attachments: Any, problem: str) -> None:
+    raw = raw_manifest()
+    if isinstance(attachments, dict):
+        for entry in attachments.values():
+            if "name" in entry:
+                entry["name"] = entry["name"].replace("{id}", raw["id"])
+    raw["attachments"] = attachments
+    assert problem in parse_problem(raw)
+
+
+def test_attachment_names() -> None:
+    bid = "app.daily.20260101T000000Z"
+    assert mf.attachment_kind(bid, f"{bid}.globals.json.zst.gpg") == "globals"
+    assert mf.attachment_kind(bid, f"{bid}.globals.json/x") is None
+    assert mf.attachment_kind(bid, f"{bid}.secrets.json") is None
+    assert mf.object_of_backup(bid, f"{bid}.globals.json.gz")
+    assert mf.object_of_backup(bid, f"{bid}.pgdump")
+    assert not mf.object_of_backup(bid, f"{bid}.manifest.json")
