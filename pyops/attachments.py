@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pyops import stream
+from pyops import pgstate, stream
 from pyops.artifact import ArtifactWriter
 from pyops.catalog import Backup, Catalog
 from pyops.codec import Codec
@@ -70,3 +70,15 @@ def read(catalog: Catalog, backup: Backup, kind: str, codec: Codec) -> dict[str,
     if not isinstance(data, dict):
         raise VerifyFailed(f"{backup.id}: attachment {key} is not a JSON object")
     return data
+
+
+def saved_state(catalog: Catalog, backup: Backup, codec: Codec) -> dict[str, Any]:
+    """The roles and database state kept with a PostgreSQL backup, its shape checked
+    before any statement is made of it."""
+    state = read(catalog, backup, "globals", codec)
+    problems = pgstate.shape_problems(state)
+    if problems:
+        raise VerifyFailed(
+            f"{backup.id}: its saved roles and database state: {'; '.join(problems)}"
+        )
+    return state

@@ -55,6 +55,53 @@ class Me:
     bootstrap: str  # the cluster's bootstrap superuser
 
 
+def shape_problems(state: dict[str, Any]) -> list[str]:
+    """What is wrong with saved roles and database state before any statement is made
+    of them (an attachment is authenticated with its manifest; this catches what pyops
+    itself could not have written)."""
+    problems = []
+    db = state.get("database")
+    if not isinstance(db, dict) or not isinstance(db.get("owner"), str):
+        problems.append("database: no owner")
+    else:
+        for key in ("settings",):
+            if not _strings(db.get(key, [])):
+                problems.append(f"database.{key} must be a list of strings")
+        role_settings = db.get("role_settings", {})
+        if not isinstance(role_settings, dict) or not all(
+            isinstance(k, str) and _strings(v) for k, v in role_settings.items()
+        ):
+            problems.append("database.role_settings must map roles to lists of strings")
+        acl = db.get("acl")
+        if acl is not None and not (
+            isinstance(acl, list)
+            and all(
+                isinstance(e, dict)
+                and isinstance(e.get("grantee"), str)
+                and e.get("privilege") in ("CREATE", "TEMPORARY", "CONNECT")
+                for e in acl
+            )
+        ):
+            problems.append("database.acl is not a list of grants")
+    roles = state.get("roles", [])
+    if not isinstance(roles, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("name"), str) and _strings(r.get("settings", []))
+        for r in roles
+    ):
+        problems.append("roles must be a list of roles with names")
+    members = state.get("memberships", [])
+    if not isinstance(members, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("member"), str)
+        for m in members
+    ):
+        problems.append("memberships must name a role and a member")
+    return problems
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
 def split_guc_list(value: str) -> list[str]:
     """A list setting's elements, double quotes removed (pg_dump's SplitGUCList)."""
     out, cur, quoted, i = [], "", False, 0

@@ -117,7 +117,7 @@ def _options(app: App, backup: Backup) -> RestoreOptions:
     a server without the roles (a scratch cluster) creates them the same way."""
     if "globals" not in backup.manifest.attachments:
         return RestoreOptions()
-    return RestoreOptions(globals=attachments.read(app.local(), backup, "globals", app.codec))
+    return RestoreOptions(globals=attachments.saved_state(app.local(), backup, app.codec))
 
 
 def _restore(

@@ -238,7 +238,7 @@ def prepare(
     if backup.manifest.encrypted:  # wrong key: stop before anything
         app.codec.probe_decrypt(local.head(backup, HEAD), backup.id)
     if "globals" in backup.manifest.attachments:
-        opts = replace(opts, globals=attachments.read(local, backup, "globals", app.codec))
+        opts = replace(opts, globals=attachments.saved_state(local, backup, app.codec))
     plan = module(target.type).plan(target, into, backup.manifest, opts)
     return Prepared(backup, target, plan, opts)
 

@@ -166,3 +166,29 @@ def test_missing_rights_are_named_before_anything() -> None:
     assert "GRANT app_owner TO deploy" in joined
     root = Me("postgres", True, True, True, True, "postgres")
     assert pgstate.missing_rights(plan, saved, root, "app_owner") == []
+
+
+def test_a_good_state_has_no_shape_problems() -> None:
+    saved = state(acl=[{"grantee": "PUBLIC", "privilege": "CONNECT", "grantable": False}])
+    saved["database"]["role_settings"] = {"app_ro": ["work_mem=8MB"]}
+    assert pgstate.shape_problems(saved) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (lambda s: s.update(database=[]), "database: no owner"),
+        (lambda s: s["database"].update(settings="x=1"), "database.settings"),
+        (lambda s: s["database"].update(role_settings={"a": [1]}), "database.role_settings"),
+        (
+            lambda s: s["database"].update(acl=[{"grantee": "x", "privilege": "DROP TABLE y"}]),
+            "database.acl",
+        ),
+        (lambda s: s["roles"].append({"name": 7}), "roles must be"),
+        (lambda s: s["memberships"].append({"role": "a"}), "memberships must"),
+    ],
+)
+def test_a_malformed_state_is_refused_before_any_statement(change: Any, problem: str) -> None:
+    saved = state()
+    change(saved)
+    assert any(problem in p for p in pgstate.shape_problems(saved))
