@@ -85,8 +85,9 @@ def test_sigterm_finishes_the_running_job_then_exits_0(tmp_path: Path) -> None:
     (tmp_path / "repo" / ".pyops" / "schedule.json").write_text(
         '{"pyops-backup@auto": "2000-01-01T00:00:00+00:00"}'
     )
+    started = tmp_path / "started"
     slow = tmp_path / "slow-pyops"
-    slow.write_text(f"#!/bin/sh\nsleep 2\ntouch {marker}\n")
+    slow.write_text(f"#!/bin/sh\ntouch {started}\nsleep 2\ntouch {marker}\n")
     slow.chmod(0o755)
     code = (
         "import sys, pyops.scheduler as s\n"
@@ -96,7 +97,12 @@ def test_sigterm_finishes_the_running_job_then_exits_0(tmp_path: Path) -> None:
         "main()\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)  # the catch-up job is running now
+    # the catch-up job is running (the scheduler set its signal handlers before it):
+    # a fixed sleep raced a slow start-up on a loaded machine
+    deadline = time.monotonic() + 60
+    while not started.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the job never started"
+        time.sleep(0.05)
     os.kill(proc.pid, signal.SIGTERM)
     stderr = proc.communicate(timeout=30)[1]
     assert proc.returncode == 0, stderr
