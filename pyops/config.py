@@ -7,6 +7,7 @@ and `docs/configuration.md` is checked against them by a test.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import tomllib
@@ -306,7 +307,16 @@ class NotifyConfig:
             "the commands whose runs are notified",
         )
     )
-    ping_url: str = opt("", "healthchecks-style: <url>/start, <url>, <url>/fail (exit status)")
+    ping_url: str = opt(
+        "",
+        "healthchecks-style: <url>/start, <url>, <url>/fail; backups only, "
+        "unless it holds {command} (one check per command)",
+    )
+    urls_file: Path | None = opt(
+        None,
+        "file of more Apprise URLs, one a line (URLs holding tokens): "
+        "an absolute path or %d/NAME (a systemd credential)",
+    )
 
 
 @dataclass(frozen=True)
@@ -500,8 +510,11 @@ def _build_target(value: Any, key: str) -> Target:
 
 def as_data(config: Config) -> dict[str, Any]:
     """The effective config as plain data. It holds no secrets by construction: passwords
-    live in the environment or .pgpass (named by `password_env`), passphrases in files."""
-    return typing.cast(dict[str, Any], _plain(config))
+    live in the environment or .pgpass (named by `password_env`), passphrases in files;
+    but for the [notify] URLs, whose tokens are masked here."""
+    data = typing.cast(dict[str, Any], _plain(config))
+    data["notify"].update(config_rules.private_notify_urls(config))
+    return data
 
 
 def _plain(value: Any) -> Any:
@@ -562,7 +575,13 @@ def described_keys() -> list[tuple[str, str, str]]:
                 for tcls in TARGET_TYPES.values():
                     walk(tcls, "targets[].")
                 continue
-            default = "" if f.default is MISSING else repr(f.default)
+            if f.default is not MISSING:
+                default = repr(f.default)
+            elif f.default_factory is not MISSING:  # a list: shown as TOML would write it
+                value = f.default_factory()
+                default = json.dumps([str(v) for v in value]) if value else ""
+            else:
+                default = ""
             rows.append((f"{prefix}{f.name}", default, f.metadata.get("help", "")))
 
     walk(Config, "")
