@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 
 import click
 
-from pyops import __version__
 from pyops.commands import Ctx
 from pyops.errors import (
     EXIT_FAILED,
@@ -111,6 +110,9 @@ class LazyGroup(click.Group):
     cls=LazyGroup,
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog=exit_codes_help(),
+    invoke_without_command=True,  # for --version, which reads --config wherever it is
+    no_args_is_help=True,
+    subcommand_metavar="COMMAND [ARGS]...",
 )
 @click.option(
     "--config",
@@ -121,12 +123,29 @@ class LazyGroup(click.Group):
 @click.option("-v", "--verbose", count=True, help="debug logging (every command line run)")
 @click.option("-q", "--quiet", is_flag=True, help="warnings and errors only")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
-@click.version_option(__version__, prog_name="pyops")
+@click.option(
+    "--version",
+    "show_version",
+    is_flag=True,
+    help="show the version, the config path and the tools found (pg_dump, gpg, ...), and exit",
+)
 @click.pass_context
 def cli(
-    ctx: click.Context, config_path: str | None, verbose: int, quiet: bool, log_format: str
+    ctx: click.Context,
+    config_path: str | None,
+    verbose: int,
+    quiet: bool,
+    log_format: str,
+    show_version: bool,
 ) -> None:
     """pyops: backups of PostgreSQL, SQLite and files you can restore at 3 a.m."""
+    if show_version:
+        from pyops import versions
+
+        click.echo(versions.report(config_path))
+        ctx.exit(0)
+    if ctx.invoked_subcommand is None:
+        ctx.fail("Missing command.")
     setup_logging(verbose, quiet, log_format)
     ctx.obj = Ctx(config_path)
 

@@ -7,6 +7,7 @@ and `docs/configuration.md` is checked against them by a test.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import tomllib
@@ -88,6 +89,33 @@ class OffsiteConfig:
     kms_key_id: str = opt("", "aws:kms: the key id")
     object_lock_days: int = opt(0, ">0: COMPLIANCE retain-until on every object")
     concurrency: int = opt(2, "parts uploaded at once (memory: concurrency x part size)")
+    access_key_id_file: Path | None = opt(
+        None, "file holding the S3 access key id (e.g. a systemd credential)"
+    )
+    secret_access_key_file: Path | None = opt(None, "file holding the S3 secret access key")
+
+
+@dataclass(frozen=True)
+class HooksConfig:
+    """Commands around backup and restore (argv lists, no shell unless the list says
+    so), global in [hooks] and per target in [targets.hooks]."""
+
+    before_backup: tuple[tuple[str, ...], ...] = opt(
+        (), "argv lists run before each target's backup; one failing stops that target"
+    )
+    after_backup: tuple[tuple[str, ...], ...] = opt(
+        (), "argv lists run after each target's backup, after a failure too (PYOPS_STATUS)"
+    )
+    on_error: tuple[tuple[str, ...], ...] = opt(
+        (), "argv lists run when a target's backup or restore failed"
+    )
+    before_restore: tuple[tuple[str, ...], ...] = opt(
+        (), "argv lists run before a restore changes anything; one failing stops it"
+    )
+    after_restore: tuple[tuple[str, ...], ...] = opt(
+        (), "argv lists run after a restore, after a failure too (PYOPS_STATUS)"
+    )
+    timeout_seconds: float = opt(300.0, "longest a hook may run; then it is killed and failed")
 
 
 @dataclass(frozen=True)
@@ -96,6 +124,13 @@ class PostgresTarget:
     type: Literal["postgres"] = opt(help="postgres")
     dsn: str = opt(help="libpq URI or key=value string, without a password")
     password_env: str = opt("", "environment variable holding the password")
+    password_file: Path | None = opt(
+        None, "file holding the password (beside password_env; e.g. a systemd credential)"
+    )
+    container: str = opt(
+        "", "run pg_dump, pg_restore and psql inside this container (never with a TTY)"
+    )
+    container_engine: Literal["docker", "podman"] = opt("docker", "docker | podman")
     format: Literal["custom", "plain", "directory", "tar"] = opt(
         "custom", "custom | plain | directory | tar"
     )
@@ -127,6 +162,9 @@ class PostgresTarget:
         "pg_dump --enable-row-security: back up, under their policies, tables with row-level "
         "security the backup role does not bypass (an owner's FORCE ROW LEVEL SECURITY)",
     )
+    hooks: HooksConfig = opt(
+        HooksConfig(), "a table with the keys of [hooks]: commands around this target's runs"
+    )
 
 
 @dataclass(frozen=True)
@@ -134,6 +172,9 @@ class SqliteTarget:
     name: str = opt(help="target name, used in file names")
     type: Literal["sqlite"] = opt(help="sqlite")
     path: Path = opt(help="the live database file")
+    hooks: HooksConfig = opt(
+        HooksConfig(), "a table with the keys of [hooks]: commands around this target's runs"
+    )
 
 
 @dataclass(frozen=True)
@@ -142,6 +183,9 @@ class FilesTarget:
     type: Literal["files"] = opt(help="files")
     paths: tuple[Path, ...] = opt(help="absolute paths to archive")
     exclude: tuple[str, ...] = opt((), "tar --exclude patterns")
+    hooks: HooksConfig = opt(
+        HooksConfig(), "a table with the keys of [hooks]: commands around this target's runs"
+    )
 
 
 Target = PostgresTarget | SqliteTarget | FilesTarget
@@ -253,6 +297,26 @@ class NotifyConfig:
     on_start: str = opt("", "URL called when a run starts")
     on_success: str = opt("", "URL called when a run succeeds")
     on_failure: str = opt("", "URL called when a run fails")
+    urls: tuple[str, ...] = opt((), "Apprise URLs (ntfy://, mailto://, slack://, json://, ...)")
+    events: tuple[Literal["start", "success", "warning", "failure"], ...] = opt(
+        ("failure", "warning"), "start | success | warning | failure: what the urls hear of"
+    )
+    commands: tuple[Literal["backup", "verify", "drill", "maintenance", "health", "sync"], ...] = (
+        opt(
+            ("backup", "verify", "drill", "maintenance", "health", "sync"),
+            "the commands whose runs are notified",
+        )
+    )
+    ping_url: str = opt(
+        "",
+        "healthchecks-style: <url>/start, <url>, <url>/fail; backups only, "
+        "unless it holds {command} (one check per command)",
+    )
+    urls_file: Path | None = opt(
+        None,
+        "file of more Apprise URLs, one a line (URLs holding tokens): "
+        "an absolute path or %d/NAME (a systemd credential)",
+    )
 
 
 @dataclass(frozen=True)
@@ -271,6 +335,7 @@ class Config:
     maintenance: MaintenanceConfig = opt(MaintenanceConfig())
     health: HealthConfig = opt(HealthConfig())
     notify: NotifyConfig = opt(NotifyConfig())
+    hooks: HooksConfig = opt(HooksConfig())
     metrics: MetricsConfig = opt(MetricsConfig())
     source: Path | None = None
 
@@ -445,8 +510,11 @@ def _build_target(value: Any, key: str) -> Target:
 
 def as_data(config: Config) -> dict[str, Any]:
     """The effective config as plain data. It holds no secrets by construction: passwords
-    live in the environment or .pgpass (named by `password_env`), passphrases in files."""
-    return typing.cast(dict[str, Any], _plain(config))
+    live in the environment or .pgpass (named by `password_env`), passphrases in files;
+    but for the [notify] URLs, whose tokens are masked here."""
+    data = typing.cast(dict[str, Any], _plain(config))
+    data["notify"].update(config_rules.private_notify_urls(config))
+    return data
 
 
 def _plain(value: Any) -> Any:
@@ -494,6 +562,9 @@ def described_keys() -> list[tuple[str, str, str]]:
             if f.name == "source":
                 continue
             hint = typing.get_type_hints(cls)[f.name]
+            if prefix == "targets[]." and f.name == "hooks":  # the keys of [hooks], per target
+                rows.append(("targets[].hooks", "{}", f.metadata.get("help", "")))
+                continue
             if isinstance(hint, type) and hasattr(hint, "__dataclass_fields__"):
                 walk(hint, f"{prefix}{f.name}.")
                 continue
@@ -504,7 +575,13 @@ def described_keys() -> list[tuple[str, str, str]]:
                 for tcls in TARGET_TYPES.values():
                     walk(tcls, "targets[].")
                 continue
-            default = "" if f.default is MISSING else repr(f.default)
+            if f.default is not MISSING:
+                default = repr(f.default)
+            elif f.default_factory is not MISSING:  # a list: shown as TOML would write it
+                value = f.default_factory()
+                default = json.dumps([str(v) for v in value]) if value else ""
+            else:
+                default = ""
             rows.append((f"{prefix}{f.name}", default, f.metadata.get("help", "")))
 
     walk(Config, "")

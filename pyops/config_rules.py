@@ -11,6 +11,8 @@ write is only named as a default.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +22,7 @@ from pyops import pgdatabases
 from pyops.errors import ConfigError
 
 if TYPE_CHECKING:
-    from pyops.config import Config, HealthConfig, MaintenanceConfig, PostgresTarget
+    from pyops.config import Config, HealthConfig, HooksConfig, MaintenanceConfig, PostgresTarget
 
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
@@ -35,6 +37,8 @@ def check(config: Config, written: Collection[str]) -> Config:
     config = _health(config, written)
     _notify(config)
     _metrics(config)
+    _hooks(config)
+    _secret_files(config)
     return config
 
 
@@ -376,13 +380,154 @@ def _url(url: str, key: str, schemes: tuple[str, ...]) -> None:
 
 
 def _notify(config: Config) -> None:
-    for key in ("on_start", "on_success", "on_failure"):
+    for key in ("on_start", "on_success", "on_failure", "ping_url"):
         url = getattr(config.notify, key)
         if url and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname):
             raise ConfigError(f"notify.{key}", "expected an http:// or https:// URL")
+    # the shape only: asking Apprise loads all its plugins (half a second on every
+    # command); `pyops config check` asks it (check_notify_urls)
+    for i, url in enumerate(config.notify.urls):
+        if not APPRISE_SHAPE.match(url):
+            raise ConfigError(f"notify.urls[{i}]", NOT_APPRISE)
+    if config.notify.urls_file is not None:
+        _secret_path(config.notify.urls_file, "notify.urls_file")
+
+
+APPRISE_SHAPE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://\S")
+NOT_APPRISE = (
+    "not an Apprise URL (scheme://..., e.g. ntfy://host/topic, mailto://, slack://; see "
+    "https://github.com/caronc/apprise/wiki)"
+)
+
+
+def check_notify_urls(config: Config) -> None:
+    """Each of [notify] urls is one Apprise can send to (`pyops config check`)."""
+    for i, url in enumerate(config.notify.urls):
+        if not apprise_url(url):
+            raise ConfigError(f"notify.urls[{i}]", NOT_APPRISE)
+
+
+def apprise_url(url: str) -> bool:
+    """Whether Apprise knows the URL's service and can parse it. Apprise is imported
+    only for a config that has URLs; its own log line would print the URL (tokens and
+    all), so it is kept quiet."""
+    import logging
+
+    import apprise
+
+    quiet = logging.getLogger("apprise")
+    before, quiet.propagate = quiet.propagate, False
+    try:
+        return apprise.Apprise.instantiate(url, suppress_exceptions=True) is not None
+    finally:
+        quiet.propagate = before
+
+
+def private_notify_urls(config: Config) -> dict[str, Any]:
+    """[notify]'s URLs as `config show` prints them: Apprise's privacy view of each of
+    `urls` (slack://T...A/B...0/..., never the tokens), a ping URL without its path
+    (the check's secret)."""
+    notify = config.notify
+    out: dict[str, Any] = {}
+    for key in ("on_start", "on_success", "on_failure", "ping_url"):
+        url = getattr(notify, key)
+        if url:
+            parts = urlsplit(url)
+            out[key] = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/<redacted>"
+    if notify.urls:
+        import apprise
+
+        out["urls"] = []
+        for url in notify.urls:
+            plugin = apprise.Apprise.instantiate(url) if apprise_url(url) else None
+            shown = plugin.url(privacy=True) if plugin else "<not an Apprise URL>"  # type: ignore[no-untyped-call]
+            parts = urlsplit(str(shown))
+            out["urls"].append(f"{parts.scheme}://{parts.netloc}{parts.path}")
+    return out
 
 
 def _metrics(config: Config) -> None:
     directory = config.metrics.textfile_dir
     if directory and not Path(directory).is_absolute():
         raise ConfigError("metrics.textfile_dir", f"must be an absolute path, not {directory!r}")
+
+
+# --- [hooks], [targets.hooks] ------------------------------------------------------------
+
+HOOK_KINDS = ("before_backup", "after_backup", "on_error", "before_restore", "after_restore")
+
+
+def _hooks(config: Config) -> None:
+    """Each hook a non-empty argv list whose program is an absolute path or a bare name
+    (looked up on PATH when it runs: `hooks.missing_programs`, which `config check`
+    applies too); each timeout positive."""
+    for prefix, table in hook_tables(config):
+        timeout = table.timeout_seconds
+        if not (math.isfinite(timeout) and timeout > 0):
+            raise ConfigError(f"{prefix}.timeout_seconds", "must be more than 0 (seconds)")
+        for kind in HOOK_KINDS:
+            for j, argv in enumerate(getattr(table, kind)):
+                key = f"{prefix}.{kind}[{j}]"
+                if not argv or not argv[0]:
+                    raise ConfigError(key, 'an argv list: ["program", "argument", ...], not empty')
+                if "/" in argv[0] and not argv[0].startswith("/"):
+                    raise ConfigError(
+                        key,
+                        f"{argv[0]!r} is relative to a working directory pyops does not "
+                        "choose (hooks run in /): give an absolute path, or a name on PATH",
+                    )
+
+
+def hook_tables(config: Config) -> list[tuple[str, HooksConfig]]:
+    """[hooks] and each target's, with the key prefix that names them."""
+    tables = [("hooks", config.hooks)]
+    tables += [(f"targets[{i}].hooks", t.hooks) for i, t in enumerate(config.targets)]
+    return tables
+
+
+# --- secret files: password_file, [offsite] access_key_id_file / secret_access_key_file ---
+
+CREDENTIAL_CHARS = NAME_CHARS | {".", "@"}
+
+
+def _secret_files(config: Config) -> None:
+    """password_file beside password_env, never both; the S3 key files both or neither;
+    each an absolute path or `%d/NAME` (a systemd credential)."""
+    for i, t in enumerate(config.targets):
+        if t.type != "postgres" or t.password_file is None:
+            continue
+        key = f"targets[{i}].password_file"
+        if t.password_env:
+            raise ConfigError(
+                key, f"set password_env ({t.password_env}) or password_file, not both"
+            )
+        _secret_path(t.password_file, key)
+    offsite = config.offsite
+    id_file, secret_file = offsite.access_key_id_file, offsite.secret_access_key_file
+    if (id_file is None) != (secret_file is None):
+        missing, other = (
+            ("access_key_id_file", "secret_access_key_file")
+            if id_file is None
+            else ("secret_access_key_file", "access_key_id_file")
+        )
+        raise ConfigError(
+            f"offsite.{missing}", f"set together with offsite.{other} (both keys, or neither)"
+        )
+    for name, path in (("access_key_id_file", id_file), ("secret_access_key_file", secret_file)):
+        if path is not None:
+            _secret_path(path, f"offsite.{name}")
+
+
+def _secret_path(path: Path, key: str) -> None:
+    head, _, name = str(path).partition("/")
+    if head == "%d":
+        if not name or name in (".", "..") or not set(name) <= CREDENTIAL_CHARS:
+            raise ConfigError(
+                key,
+                f"{str(path)!r}: a systemd credential is %d/NAME, NAME of letters, digits "
+                "and - _ . @ (the ID in LoadCredential=NAME:...)",
+            )
+    elif not path.is_absolute():
+        raise ConfigError(
+            key, f"must be an absolute path or %d/NAME (a systemd credential), not {str(path)!r}"
+        )

@@ -43,6 +43,8 @@ PACKAGES = {
     "gzip": "gzip",
     "sqlite3": "sqlite3",
     "tar": "tar",
+    "docker": "docker.io",  # container engines (a postgres target's container_engine)
+    "podman": "podman",
 }
 
 
@@ -345,6 +347,72 @@ def run_quiet(
 def first_line(stage: Stage) -> str:
     """A tool's version banner, for the manifest."""
     return run_quiet(stage).stdout.strip().splitlines()[0]
+
+
+@dataclass(frozen=True)
+class Contained:
+    """How a `run_contained` command ended: its status (negative: killed by a signal),
+    whether the timeout killed it, and the tails of what it wrote."""
+
+    returncode: int
+    timed_out: bool
+    stdout: str
+    stderr: str
+
+
+def run_contained(stage: Stage, timeout: float, keep: int = 16384, grace: float = 5) -> Contained:
+    """Run a command pyops neither wrote nor trusts to end or to stay small (a hook).
+
+    Its environment is exactly `stage.env`: nothing of pyops' own is inherited (plumbum
+    would merge in ours, so this one is started here, directly). stdin is /dev/null;
+    stdout and stderr go to temp files, of which the last `keep` bytes are read (a
+    child it left in the background holding a pipe would stall pyops). It runs in a
+    session of its own: at the timeout, or when pyops is interrupted, its whole process
+    group gets SIGTERM, then SIGKILL `grace` seconds later. A failure is not raised:
+    the caller judges it (a missing program is: ToolMissing)."""
+    program = str(resolve(stage.argv[0]).executable)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        log.debug("run %s: %s", stage.name, stage)
+        proc = subprocess.Popen(  # an argv list, no shell
+            list(stage.argv),
+            executable=program,
+            stdin=DEVNULL,
+            stdout=out,
+            stderr=err,
+            env=dict(stage.env),
+            pass_fds=stage.pass_fds,
+            cwd=stage.cwd,
+            start_new_session=True,
+        )
+        timed_out = False
+        try:
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                _kill_group(proc, grace)
+        except BaseException:
+            _kill_group(proc, grace)
+            raise
+        return Contained(proc.returncode, timed_out, _tail_bytes(out, keep), _tail_bytes(err, keep))
+
+
+def _kill_group(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM to the process group `proc` leads, SIGKILL to what is left of it after
+    `grace` seconds (or at once once `proc` ended); reap `proc`."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _tail_bytes(f: IO[bytes], keep: int) -> str:
+    f.seek(0, os.SEEK_END)
+    f.seek(max(0, f.tell() - keep))
+    return f.read().decode("utf-8", "replace")
 
 
 def in_thread(fn: Callable[[], None]) -> Callable[[], None]:

@@ -10,6 +10,7 @@ the collector never reads half a file.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
@@ -221,3 +222,36 @@ def health_families(results: list[Result], score: int, overall: int, now: float)
         duration,
         Family("pyops_health_last_run_timestamp_seconds", "When pyops health last ran.").add(now),
     ]
+
+
+# --- notifications ---------------------------------------------------------------------
+
+
+def count_notifications(app: App, command: str, failed: int) -> None:
+    """Add a run's undelivered notifications to pyops_notifications_failed_total{command}
+    (kept in <state_dir>/metrics/notify.json under a file lock: a health run may end
+    while a backup does). Writing 0 makes the series exist before the first failure.
+    Never raises."""
+    if not app.config.metrics.textfile_dir:
+        return
+    state_path = app.state / "metrics" / "notify.json"
+    try:
+        make_private_dir(state_path.parent)
+        with open(state_path.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                state: dict[str, float] = json.loads(state_path.read_text())
+            except (FileNotFoundError, ValueError):
+                state = {}
+            state[command] = float(state.get(command, 0)) + failed
+            write_atomic(state_path, json.dumps(state, sort_keys=True).encode())
+            fam = Family(
+                "pyops_notifications_failed_total",
+                "Notifications pyops could not deliver (receiver down, refusing or too slow).",
+                "counter",
+            )
+            for name in sorted(state):
+                fam.add(state[name], command=name)
+            write_textfile(app, "notify", render([fam]))
+    except (OSError, ValueError, PyopsError) as exc:
+        log.warning("metrics for notifications not written: %s", exc)

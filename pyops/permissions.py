@@ -14,6 +14,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from pyops import secrets
 from pyops.config import Config
 from pyops.errors import ConfigError
 
@@ -36,7 +37,7 @@ def _chain(path: Path) -> list[Path]:
     """The path and, when it is a symlink, every path it leads through."""
     out = [path]
     seen = {path}
-    while out[-1].is_symlink():
+    while _is_symlink(out[-1]):
         target = Path(os.readlink(out[-1]))
         nxt = target if target.is_absolute() else out[-1].parent / target
         if nxt in seen:
@@ -44,6 +45,13 @@ def _chain(path: Path) -> list[Path]:
         seen.add(nxt)
         out.append(nxt)
     return out
+
+
+def _is_symlink(path: Path) -> bool:
+    try:
+        return path.is_symlink()
+    except PermissionError:  # in a directory we may not search (/etc/credstore)
+        return False
 
 
 def check_path(
@@ -56,8 +64,8 @@ def check_path(
     for p in _chain(path):
         try:
             st = os.lstat(p)
-        except FileNotFoundError:
-            continue
+        except (FileNotFoundError, PermissionError):
+            continue  # nothing there, or out of our reach: reading it will say so
         if stat.S_ISLNK(st.st_mode):
             continue  # a link's own mode means nothing; where it leads is checked next
         if st.st_uid not in (0, uid):
@@ -89,7 +97,8 @@ def check_path(
 
 def unsafe_paths(config: Config, uid: int | None = None) -> list[Unsafe]:
     """Every unsafe path the config names: itself, the repository, the state dir,
-    the repository key and the passphrase file."""
+    the repository key, the passphrase file and the secret files (password_file, the
+    S3 key files: a `%d/NAME` credential where it is read from)."""
     uid = os.geteuid() if uid is None else uid
     repo = config.repository
     checks: list[tuple[Path | None, str, bool, bool]] = [
@@ -99,6 +108,7 @@ def unsafe_paths(config: Config, uid: int | None = None) -> list[Unsafe]:
         (repo.key_file, "repository.key_file", True, False),
         (config.encryption.passphrase_file, "encryption.passphrase_file", True, False),
     ]
+    checks += [(secrets.resolve(f.path), f.key, True, False) for f in secrets.files(config)]
     out: list[Unsafe] = []
     for path, key, secret, service_owned in checks:
         if path is not None:

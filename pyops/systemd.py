@@ -6,10 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pyops import secrets
 from pyops.calendar import ALL_JOBS, DEFAULT_JOBS, Job
-from pyops.config import Config, FilesTarget, SqliteTarget
+from pyops.config import Config, FilesTarget, PostgresTarget, SqliteTarget
 
 HOME_DIRS = ("/home", "/root", "/run/user")
+ENVIRONMENT_FILE = "/etc/pyops/environment"
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,11 @@ class Settings:
     user_units: bool = False  # systemctl --user: no User=/Group=, lighter hardening
     writable: tuple[str, ...] = field(default_factory=tuple)
     readable: tuple[str, ...] = field(default_factory=tuple)  # sources outside writable
+    # LoadCredential=NAME:PATH for each `%d/NAME` the config names; the failure unit's
+    # (it only notifies): those of [notify]
+    credentials: tuple[tuple[str, Path], ...] = field(default_factory=tuple)
+    failure_credentials: tuple[tuple[str, Path], ...] = field(default_factory=tuple)
+    environment_file: bool = True  # EnvironmentFile=-/etc/pyops/environment
 
     @classmethod
     def from_config(
@@ -35,6 +42,17 @@ class Settings:
         if cfg.metrics.textfile_dir:
             paths.add(cfg.metrics.textfile_dir)
         readable = {str(p) for t in cfg.targets if isinstance(t, FilesTarget) for p in t.paths}
+        files = secrets.files(cfg)
+        names = sorted({n for f in files if (n := secrets.credential_name(f.path))})
+        notify = sorted(
+            {
+                n
+                for f in files
+                if f.key.startswith("notify.") and (n := secrets.credential_name(f.path))
+            }
+        )
+        readable |= {str(f.path) for f in files if secrets.credential_name(f.path) is None}
+        store = secrets.credstore(system=not user_units)
         return cls(
             pyops,
             config,
@@ -43,7 +61,28 @@ class Settings:
             user_units=user_units,
             writable=tuple(sorted(paths)),
             readable=tuple(sorted(readable)),
+            credentials=tuple((name, store / name) for name in names),
+            failure_credentials=tuple((name, store / name) for name in notify),
+            environment_file=needs_environment(cfg),
         )
+
+
+def needs_environment(cfg: Config) -> bool:
+    """Whether the units still read /etc/pyops/environment: unless the config takes its
+    secrets from files (credentials) only: no password_env, and the S3 keys, if a bucket
+    is set, from key files."""
+    if not secrets.files(cfg):
+        return True
+    if any(isinstance(t, PostgresTarget) and t.password_env for t in cfg.targets):
+        return True
+    return bool(cfg.offsite.bucket) and cfg.offsite.access_key_id_file is None
+
+
+def _secrets(s: Settings, credentials: tuple[tuple[str, Path], ...]) -> list[str]:
+    lines = [f"EnvironmentFile=-{ENVIRONMENT_FILE}"] if s.environment_file else []
+    for name, path in credentials:
+        lines.append(f"LoadCredential={name}:{str(path).replace('%', '%%')}")
+    return lines
 
 
 def _hardening(s: Settings) -> list[str]:
@@ -87,7 +126,7 @@ def service(s: Settings, description: str, args: str, *, extra: tuple[str, ...] 
             "Type=oneshot",
             *identity,
             f"Environment=PYOPS_CONFIG={s.config}",
-            "EnvironmentFile=-/etc/pyops/environment",
+            *_secrets(s, s.credentials),
             f"ExecStart={s.pyops} --log-format text {args}",
             *extra,
             *_hardening(s),
@@ -154,7 +193,7 @@ def render(s: Settings) -> dict[str, str]:
                 "Type=oneshot",
                 *([] if s.user_units else [f"User={s.user}", f"Group={s.group}"]),
                 f"Environment=PYOPS_CONFIG={s.config}",
-                "EnvironmentFile=-/etc/pyops/environment",
+                *_secrets(s, s.failure_credentials),
                 f"ExecStart={s.pyops} systemd on-failure %i",
                 "TimeoutStartSec=2min",
                 *_hardening(s),

@@ -14,8 +14,9 @@ usage: scripts/install.sh [options]
   --uninstall      remove units and the venv; keep config, repository and backups
   -h, --help       this help
 Layout: /etc/pyops (0700, pyops.toml 0600), /var/backups/pyops (0700),
-/opt/pyops (venv), units in /etc/systemd/system, timers: pyops-backup@auto,
-pyops-maintenance, pyops-health, pyops-drill.
+/opt/pyops (venv), /usr/local/bin/pyops (a link to it), shell completion for
+bash, zsh and fish under /usr/local/share, units in /etc/systemd/system, timers:
+pyops-backup@auto, pyops-maintenance, pyops-health, pyops-drill.
 USAGE
 }
 
@@ -39,6 +40,11 @@ repo="$prefix/var/backups/pyops"
 venv="$prefix/opt/pyops"
 unitdir="$prefix/etc/systemd/system"
 config="$etc/pyops.toml"
+link="$prefix/usr/local/bin/pyops"
+share="$prefix/usr/local/share"
+completions="bash:$share/bash-completion/completions/pyops
+zsh:$share/zsh/site-functions/_pyops
+fish:$share/fish/vendor_completions.d/pyops.fish"
 system=1
 [ -n "$prefix" ] && system=0
 
@@ -50,6 +56,36 @@ run() {
   fi
 }
 say() { printf 'install.sh: %s\n' "$*" >&2; }
+
+# click writes each shell's completion script: _PYOPS_COMPLETE=<shell>_source pyops
+install_completions() {
+  local shell file
+  while IFS=: read -r shell file; do
+    if [ "$dry" -eq 1 ]; then
+      printf '+ _PYOPS_COMPLETE=%s_source %s > %s\n' "$shell" "$venv/bin/pyops" "$file"
+      continue
+    fi
+    mkdir -p "$(dirname "$file")"
+    _PYOPS_COMPLETE="${shell}_source" "$venv/bin/pyops" > "$file.tmp"
+    chmod 0644 "$file.tmp"
+    mv "$file.tmp" "$file"
+  done <<EOF
+$completions
+EOF
+}
+
+remove_completions() {
+  local shell file
+  while IFS=: read -r shell file; do
+    if [ -e "$file" ]; then run rm -f "$file"; fi
+  done <<EOF
+$completions
+EOF
+  # the link on PATH, when it is ours (a pipx install keeps its own)
+  if [ -L "$link" ] && [ "$(readlink "$link")" = "$venv/bin/pyops" ]; then
+    run rm -f "$link"
+  fi
+}
 
 if [ "$system" -eq 1 ] && [ "$dry" -eq 0 ] && [ "$(id -u)" -ne 0 ]; then
   say "run as root (or use --prefix DIR / --dry-run)"; exit 1
@@ -64,8 +100,9 @@ if [ "$uninstall" -eq 1 ]; then
     [ -e "$unit" ] && run rm -f "$unit"
   done
   [ "$system" -eq 1 ] && command -v systemctl >/dev/null 2>&1 && run systemctl daemon-reload
+  remove_completions
   run rm -rf "$venv"
-  say "removed units and $venv; kept $etc and $repo (your backups)"
+  say "removed units, $venv and its shell completion; kept $etc and $repo (your backups)"
   exit 0
 fi
 
@@ -80,6 +117,15 @@ if [ ! -x "$venv/bin/pyops" ] || [ "$dry" -eq 1 ]; then
   run python3 -m venv "$venv"
 fi
 run "$venv/bin/pip" install --quiet --upgrade "$source_dir"
+
+# `pyops` on PATH (completion completes that name), unless something else is there
+if [ ! -e "$link" ] || { [ -L "$link" ] && [ "$(readlink "$link")" = "$venv/bin/pyops" ]; }; then
+  run mkdir -p "$(dirname "$link")"
+  run ln -sfn "$venv/bin/pyops" "$link"
+else
+  say "$link exists and is not ours; left as it is"
+fi
+install_completions
 
 if [ ! -e "$config" ]; then
   run env PYOPS_CONFIG="$config" "$venv/bin/pyops" init --path "$repo"

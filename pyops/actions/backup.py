@@ -14,11 +14,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pyops import __version__, attachments
+from pyops import __version__, attachments, hooks, secrets
 from pyops.app import App
 from pyops.artifact import ArtifactWriter, read_chunks
 from pyops.catalog import Catalog
-from pyops.config import Target
+from pyops.config import PostgresTarget, Target
 from pyops.errors import ConfigError, PyopsError, os_error_message
 from pyops.execute import DEVNULL, PIPE, pipeline
 from pyops.manifest import Manifest
@@ -209,16 +209,22 @@ def run(app: App, tier: str, work: Expanded, *, offsite: bool, prune: bool) -> l
         log.warning("backup: %s", warning)
     for target in work.targets:
         t0 = time.monotonic()
+        hook = hooks.Hooks(app.config, target, "backup", tier)  # before/after_backup, on_error
         try:
-            manifest = backup_target(app, target, tier)
+            if isinstance(target, PostgresTarget):  # said before a hook stops the app
+                secrets.password(target)
+            with hook.around():
+                manifest = backup_target(app, target, tier)
+                hook.backup_id = manifest.id
         except ConfigError:
             raise  # a broken config is exit 2 for the whole run, not one target's failure
         except (PyopsError, OSError) as exc:
             if isinstance(exc, OSError):
                 exc = PyopsError(os_error_message(exc))
             log.error("backup %s: FAILED: %s", target.name, exc)
+            error = hooks.join(str(exc), *hook.problems)
             results.append(
-                BackupResult(target.name, False, duration_s=time.monotonic() - t0, error=str(exc))
+                BackupResult(target.name, False, duration_s=time.monotonic() - t0, error=error)
             )
             continue
         result = BackupResult(
@@ -245,4 +251,11 @@ def run(app: App, tier: str, work: Expanded, *, offsite: bool, prune: bool) -> l
             result.ok = False
             result.error = f"{exc} (the local backup {manifest.id} is kept)"
             log.error("backup %s: %s", target.name, result.error)
+        if hook.problems:  # an after_backup hook failed: an app may be left stopped
+            result.ok = False
+            result.error = hooks.join(
+                result.error, *hook.problems, f"the backup {manifest.id} itself is complete"
+            )
+        if not result.ok:
+            result.error = hooks.join(result.error, *hook.on_error(result.error or ""))
     return results

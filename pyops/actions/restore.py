@@ -13,13 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from pyops import attachments, pgdatabases, stream
+from pyops import attachments, hooks, pgdatabases, stream
 from pyops.actions import backup as backup_action
 from pyops.app import App
 from pyops.artifact import mount_point, no_room
 from pyops.catalog import Backup
 from pyops.config import FilesTarget, PostgresTarget, Target
-from pyops.errors import Aborted, PyopsError, UsageError, VerifyFailed
+from pyops.errors import Aborted, ConfigError, PyopsError, UsageError, VerifyFailed
 from pyops.manifest import stamp as make_stamp
 from pyops.progress import human
 from pyops.sources import RestoreOptions, RestorePlan, module
@@ -252,6 +252,24 @@ def run(
     safety_backup: bool,
 ) -> str:
     confirm(prepared)
+    # the operator's hooks: before_restore once confirmed, before the safety backup (which
+    # then sees the app quiesced); after_restore after it, failed or not; on_error
+    backup = prepared.backup
+    hook = hooks.Hooks(
+        app.config, prepared.target, "restore", backup.manifest.tier, backup.id, into or ""
+    )
+    try:
+        with hook.around():
+            summary = _restore(app, prepared, into, safety_backup)
+    except PyopsError as exc:
+        if not hook.problems or isinstance(exc, (ConfigError, UsageError)):
+            raise  # (exit 2 keeps its type)
+        raise PyopsError(hooks.join(str(exc), *hook.problems)) from exc
+    hook.settle(f"the restore itself is complete: {summary}")
+    return summary
+
+
+def _restore(app: App, prepared: Prepared, into: str | None, safety_backup: bool) -> str:
     target, backup = prepared.target, prepared.backup
     if prepared.plan.overwrites and safety_backup:
         log.info("restore %s: taking a safety backup of the current state first", backup.id)

@@ -59,7 +59,7 @@ def backup(
         raise PyopsError("no targets configured: add [[targets]] to the config")
     work = pgdatabases.expand_targets(app, selected)  # databases = "all": one per database
     names = work.names
-    notify.notify(app, "start", f"backup of {', '.join(names)} starting")
+    note = notify.run(app, "backup", names)
     try:
         with app.lock("backup"), recorded(app, "backup", names) as rec:
             results = backup_action.run(app, tier, work, offsite=not no_offsite, prune=not no_prune)
@@ -72,13 +72,10 @@ def backup(
             if failed:
                 rec["result"] = "failed"
     except BaseException as exc:
-        notify.notify(app, "failure", f"backup failed: {exc}")
+        note.failed(exc)
         raise
     metrics.record_run(app, "backup", [r.as_dict() for r in results])
-    if failed:
-        notify.notify(app, "failure", "; ".join(f"{r.target}: {r.error}" for r in failed))
-    else:
-        notify.notify(app, "success", ", ".join(f"{r.id} {human(r.bytes)}" for r in results))
+    note.finish(notify.backup_outcome(results, work.warnings))
     emit_results(
         fmt,
         "backups",
@@ -197,13 +194,16 @@ def verify(
     backups, refused = verify_action.select(catalog, ids, all_, target, deep, remote, app.config)
     if not backups and not refused:
         raise PyopsError("no complete backups to verify (see `pyops list`)")
+    names = sorted({b.manifest.target for b in backups})
     with (
+        notify.run(app, "verify", names) as note,
         app.lock("verify"),
-        recorded(app, "verify", sorted({b.manifest.target for b in backups})) as rec,
+        recorded(app, "verify", names) as rec,
     ):
         results = refused + [
             verify_action.verify_one(app, catalog, b, deep, remote) for b in backups
         ]
+        note.outcome = notify.verify_outcome(results)
         metrics.record_run(app, "verify", [r.as_dict() for r in results])
         rec["verified"] = [r.as_dict() for r in results]
         rec["warnings"] = sum(len(r.warnings) for r in results)
@@ -379,8 +379,13 @@ def sync(ctx: Ctx, targets: tuple[str, ...], check: bool, fmt: str) -> None:
         if drift:
             raise SystemExit(EXIT_FAILED)
         return
-    with app.lock("sync"), recorded(app, "sync", names) as rec:
+    with (
+        notify.run(app, "sync", names) as note,
+        app.lock("sync"),
+        recorded(app, "sync", names) as rec,
+    ):
         result = sync_action.sync(app, names)
+        note.outcome = notify.sync_outcome(result)
         rec.update(result.as_dict())
         if result.failed:
             rec["result"] = "failed"
@@ -430,8 +435,14 @@ def drill(
     # an "all" target stands for each database the repository (or bucket) has backups of
     catalog = app.remote() if remote else app.local()
     selected = tuple(pgdatabases.stored_targets(app.config, catalog, app.config.select(targets)))
-    with app.lock("drill"), recorded(app, "drill", [t.name for t in selected]) as rec:
+    names = [t.name for t in selected]
+    with (
+        notify.run(app, "drill", names) as note,
+        app.lock("drill"),
+        recorded(app, "drill", names) as rec,
+    ):
         results = drill_action.run(app, selected, remote, keep, scratch_cluster)
+        note.outcome = notify.drill_outcome(results)
         metrics.record_run(app, "drill", [r.as_dict() for r in results])
         rec["drills"] = [r.as_dict() for r in results]
         rec["bytes"] = sum(r.bytes for r in results)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from pyops import notify
 from pyops.actions import health as health_action
 from pyops.commands import Ctx, pass_ctx
 from pyops.health import render
@@ -33,7 +34,11 @@ def health(ctx: Ctx, checks: tuple[str, ...], fmt: str) -> None:
     Exit codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN; the worst status wins
     (critical > warning > unknown > ok). A broken config still exits 2.
     """
-    report = health_action.run(ctx.app(), checks)
+    app = ctx.app()
+    # a manual --check spot test is not the host's health: nobody is told of it
+    with notify.run(app, "health", enabled=not checks) as note:
+        report = health_action.run(app, checks)
+        note.outcome = notify.health_outcome(report)
     if fmt == "json":
         click.echo(render.as_json(report))
     elif fmt == "prometheus":

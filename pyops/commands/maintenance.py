@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from pyops import notify
 from pyops.actions import maintenance as action
 from pyops.commands import FORMAT, Ctx, emit, pass_ctx, recorded
 from pyops.errors import EXIT_FAILED, PyopsError
@@ -68,8 +69,13 @@ def maintenance(
         raise PyopsError("no targets configured: add [[targets]] to the config")
     names = [t.name for t in selected]
     lock = contextlib.nullcontext() if dry_run else app.lock("maintenance")
-    with lock, recorded(app, "maintenance", names) as rec:
+    with (
+        notify.run(app, "maintenance", names, enabled=not dry_run) as note,
+        lock,
+        recorded(app, "maintenance", names) as rec,
+    ):
         report = action.run(app, selected, None if all_ else ops, dry_run)
+        note.outcome = notify.maintenance_outcome(report)
         rec.update(operations="all" if all_ else ops, dry_run=dry_run, summary=report.summary())
         if report.failed:
             rec["result"] = "failed"

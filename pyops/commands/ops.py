@@ -62,6 +62,22 @@ def _write(dest: Path, rendered: dict[str, str]) -> list[Path]:
     return written
 
 
+def _credentials(settings: units.Settings, create: bool) -> None:
+    """Say where each LoadCredential= reads from, and which are still missing; `create`:
+    make the credential store (0700) if there is none."""
+    for name, path in settings.credentials:
+        if create and not os.path.lexists(path.parent):
+            path.parent.mkdir(mode=0o700, parents=True)
+            click.echo(f"created {path.parent} (0700)")
+        if os.path.exists(path):  # False, too, where we may not look (/etc/credstore)
+            click.echo(f"credential {name}: {path}")
+        else:
+            click.echo(
+                f"credential {name}: put the secret in {path} (one line, mode 0600): until "
+                "then the units fail to start (status 243/CREDENTIALS)"
+            )
+
+
 @click.group("systemd")
 def systemd_group() -> None:
     """Write or install the systemd units (timers for backup, maintenance, health, drill)."""
@@ -80,8 +96,10 @@ def systemd_group() -> None:
 @pass_ctx
 def render(ctx: Ctx, dest: Path, service_user: str, user_units: bool) -> None:
     """Render the units with this config's paths filled in."""
-    for path in _write(dest, units.render(_settings(ctx, service_user, user_units))):
+    settings = _settings(ctx, service_user, user_units)
+    for path in _write(dest, units.render(settings)):
         click.echo(str(path))
+    _credentials(settings, create=False)
 
 
 @systemd_group.command("install")
@@ -92,8 +110,10 @@ def render(ctx: Ctx, dest: Path, service_user: str, user_units: bool) -> None:
 def install(ctx: Ctx, user_units: bool, enable: bool, service_user: str) -> None:
     """Install the units (system: /etc/systemd/system; --user: ~/.config/systemd/user)."""
     dest = Path.home() / ".config/systemd/user" if user_units else Path("/etc/systemd/system")
-    for path in _write(dest, units.render(_settings(ctx, service_user, user_units))):
+    settings = _settings(ctx, service_user, user_units)
+    for path in _write(dest, units.render(settings)):
         click.echo(f"installed {path}")
+    _credentials(settings, create=True)
     systemctl = ["systemctl", *(["--user"] if user_units else [])]
     if shutil.which("systemctl") is None:
         raise PyopsError("systemctl not found: units written, but systemd is not running here")
@@ -110,7 +130,7 @@ def install(ctx: Ctx, user_units: bool, enable: bool, service_user: str) -> None
 def on_failure(ctx: Ctx, unit: str) -> None:
     """Called by pyops-failure@.service when a pyops unit fails."""
     log.error("systemd unit %s failed; see journalctl -u %s", unit, unit)
-    notify.notify(ctx.app(), "failure", f"systemd unit {unit} failed")
+    notify.unit_failed(ctx.app(), unit)
 
 
 @click.group("schedule")

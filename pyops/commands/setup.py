@@ -161,9 +161,11 @@ def config_group() -> None:
 @pass_ctx
 def config_check(ctx: Ctx) -> None:
     """Validate the config; exit 2 naming the first bad key."""
-    from pyops import permissions
+    from pyops import config_rules, hooks, permissions
 
     app = ctx.app()
+    hooks.check_programs(app.config)  # a hook's program missing: exit 2, naming its key
+    config_rules.check_notify_urls(app.config)  # each notify URL one Apprise can send to
     for problem in permissions.unsafe_paths(app.config):
         click.echo(f"warning: unsafe permissions: {problem}", err=True)
     if app.config.repository.key_file is None:

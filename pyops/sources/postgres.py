@@ -2,7 +2,10 @@
 same snapshot while the dump runs; restore into a new database, then swap names.
 
 The password reaches libpq only through the child's environment (PGPASSWORD from
-`password_env`) or .pgpass / PGPASSFILE; never argv.
+`password_env` or `password_file`) or .pgpass / PGPASSFILE; never argv.
+
+With `container`, the tools run inside it and pyops' own sessions reach the server
+through pyops.containers' bridge; the dsn is then the container's view.
 """
 
 from __future__ import annotations
@@ -21,15 +24,16 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pyops import pgstate, secrets, stream, tarsafe
+from pyops import containers, pgstate, secrets, stream, tarsafe
 from pyops.config import PostgresTarget
-from pyops.errors import ConfigError, PyopsError, UsageError, VerifyFailed
+from pyops.errors import PyopsError, StageFailed, UsageError, VerifyFailed
 from pyops.execute import DEVNULL, PIPE, Stage, first_line, pipeline
 from pyops.manifest import Manifest
 from pyops.pgfacts import globals as pg_globals
 from pyops.pgfacts import session
 from pyops.sources import Dump, RestoreOptions, RestorePlan, Staged, pgrebuild, pgsnapshot
 from pyops.tools import pg
+from pyops.tools.container import Exec
 
 log = logging.getLogger(__name__)
 PLAIN_END = b"-- PostgreSQL database dump complete"
@@ -43,16 +47,10 @@ def extension(target: PostgresTarget) -> str:
 
 
 def child_env(target: PostgresTarget) -> dict[str, str]:
-    """What libpq children need: the password, from the variable the config names."""
-    if not target.password_env:
-        return {}
-    value = secrets.get(target.password_env)
-    if value is None:
-        raise ConfigError(
-            f"targets.{target.name}.password_env",
-            f"environment variable {target.password_env} is not set",
-        )
-    return {"PGPASSWORD": value}
+    """What libpq children need: the password, from the file or the variable the config
+    names (ConfigError naming the key when it cannot be had)."""
+    value = secrets.password(target)
+    return {} if value is None else {"PGPASSWORD": value}
 
 
 def dbname(target: PostgresTarget) -> str:
@@ -67,32 +65,41 @@ def where(target: PostgresTarget) -> str:
     parts = conninfo_to_dict(target.dsn)
     host = parts.get("host") or "local socket"
     port = parts.get("port") or "5432"
-    return f"{parts.get('user') or 'current user'}@{host}:{port}/{parts.get('dbname')}"
+    box = f" in container {target.container}" if target.container else ""
+    return f"{parts.get('user') or 'current user'}@{host}:{port}/{parts.get('dbname')}{box}"
 
 
 def connect(
     target: PostgresTarget, db: str | None = None, application_name: str = "pyops", **kw: Any
 ) -> psycopg.Connection[Any]:
-    """A plain connection; pgfacts.session.connect adds the session limits to it."""
+    """A plain connection; pgfacts.session.connect adds the session limits to it. With
+    `container`, through the bridge into it (opened, and probed, at first use)."""
     env = child_env(target)
+    info = conninfo(target, db)
+    bridge = containers.bridge(target)
+    if bridge is not None:
+        info = bridge.conninfo(info)
     try:
         return psycopg.connect(
-            conninfo(target, db),
+            info,
             password=env.get("PGPASSWORD"),
             connect_timeout=10,
             application_name=application_name,
             **kw,
         )
     except psycopg.OperationalError as exc:
-        raise PyopsError(explain_connect_error(target, str(exc))) from None
+        said = str(exc)
+        if bridge is not None:  # the bridge's socket means nothing to the operator
+            said = said.replace(f'on socket "{bridge.path}"', f"through {bridge.where}")
+        text = explain_connect_error(target, said)
+        failure = bridge.failure() if bridge is not None else None
+        raise PyopsError(f"{text} (inside the container: {failure})" if failure else text) from None
 
 
 def explain_connect_error(target: PostgresTarget, text: str) -> str:
     first = text.strip().splitlines()[-1] if text.strip() else text
     if "password authentication failed" in text or "no password supplied" in text:
-        hint = (
-            f"check {target.password_env}" if target.password_env else "set password_env"
-        ) + ", ~/.pgpass or PGPASSFILE"
+        hint = f"{secrets.password_source(target)}, ~/.pgpass or PGPASSFILE"
         return f"target {target.name}: password rejected for {where(target)}: {hint}"
     if "does not exist" in text and "database" in text:
         return f"target {target.name}: database missing at {where(target)}: {first}"
@@ -138,14 +145,28 @@ def debian_clients(tool: str) -> list[tuple[int, Path]]:
 
 
 def client_for(target: PostgresTarget, server_major: int, name: str) -> tuple[Path | None, str]:
-    directory = bin_dir(target, server_major)
-    banner = first_line(pg.version(directory, name))
+    box = containers.of(target)
+    directory = target.pg_bin_dir if box else bin_dir(target, server_major)
+    banner = version_banner(target, directory, name, box)
     if _major(banner) < server_major:
         raise PyopsError(
             f"{name} is version {_major(banner)} but the server of target {target.name} is "
             f"{server_major}: install postgresql-client-{server_major} or set pg_bin_dir"
+            + (f" (a directory inside container {target.container})" if box else "")
         )
     return directory, banner
+
+
+def version_banner(
+    target: PostgresTarget, directory: Path | None, name: str, box: Exec | None
+) -> str:
+    """`name --version` where the tool runs: here, or inside the target's container."""
+    try:
+        return first_line(pg.version(directory, name, container=box))
+    except StageFailed as exc:
+        if box is None:
+            raise
+        raise containers.tool_failed(target, box, exc, name) from None
 
 
 # --- dump ---------------------------------------------------------------------
@@ -157,6 +178,7 @@ def dump(target: PostgresTarget, scratch: Path) -> Iterator[Dump]:
     counts each table's rows meanwhile. A failure of that session is the cause of a
     failed backup, and is raised as such (pgsnapshot explains)."""
     env = child_env(target)
+    box = containers.of(target)
     snap = pgsnapshot.open_snapshot(target, lambda conn: _housekeeping(target, conn))
     try:
         directory, banner = client_for(target, snap.server_major, "pg_dump")
@@ -179,13 +201,15 @@ def dump(target: PostgresTarget, scratch: Path) -> Iterator[Dump]:
                         env=env,
                         snapshot=snap.id,
                         lock_wait_ms=lock_wait_ms,
+                        container=box,
                         **pg.dump_options(target),
                     )
                 ]
             size = int(snap.source["size"])
+            inside = {"container": box.container, "container_engine": box.engine} if box else {}
             yield Dump(
                 format=target.format,
-                source={**snap.source, **snap.dump_facts},
+                source={**snap.source, **snap.dump_facts, **inside},
                 tools={"pg_dump": banner},
                 stages=stages,
                 estimate=lambda: size,
@@ -241,8 +265,14 @@ def _pg_restore_stage(
     jobs: int = 1,
     source: Path | None = None,
     flags: tuple[str, ...] = (),
+    target: PostgresTarget | None = None,
 ) -> Stage:
-    return pg.pg_restore(newest_client(), conninfo_, env=env, jobs=jobs, source=source, flags=flags)
+    """pg_restore here (the newest client), or inside `target`'s container."""
+    box = containers.of(target) if target else None
+    directory = (target.pg_bin_dir if target else None) if box else newest_client()
+    return pg.pg_restore(
+        directory, conninfo_, env=env, jobs=jobs, source=source, flags=flags, container=box
+    )
 
 
 def newest_client() -> Path | None:
@@ -356,21 +386,32 @@ def check_database_name(into: str) -> None:
         )
 
 
-def check_client(manifest: Manifest | None) -> Path | None:
+def check_client(manifest: Manifest | None, target: PostgresTarget | None = None) -> Path | None:
     """pg_restore must be at least as new as the pg_dump that wrote the dump: say both
-    versions before anything is touched."""
-    directory = newest_client()
+    versions before anything is touched. With the target's `container`, the client
+    is the container's."""
+    box = containers.of(target) if target else None
+    directory = (target.pg_bin_dir if target else None) if box else newest_client()
     if manifest is None:
         return directory
     dumped = _major(manifest.tools.get("pg_dump", ""))
-    banner = first_line(
-        pg.version(directory, "pg_restore" if manifest.format != "plain" else "psql")
+    tool = "pg_restore" if manifest.format != "plain" else "psql"
+    banner = (
+        version_banner(target, directory, tool, box)
+        if target and box
+        else first_line(pg.version(directory, tool))
     )
     if dumped and _major(banner) < dumped:
+        there = f"in container {box.container}" if box else "here"
+        fix = (
+            f"run a PostgreSQL {dumped} image, or restore from a host with "
+            f"postgresql-client-{dumped}"
+            if box
+            else f"install postgresql-client-{dumped}"
+        )
         raise PyopsError(
             f"{manifest.id} was written by pg_dump {dumped} ({manifest.tools['pg_dump']}), but "
-            f"the newest client here is {banner}: install postgresql-client-{dumped} "
-            "(nothing was changed)"
+            f"the newest client {there} is {banner}: {fix} (nothing was changed)"
         )
     return directory
 
@@ -388,7 +429,10 @@ def plan(
     opts = options or RestoreOptions()
     if into is not None:
         check_database_name(into)
-    check_client(manifest)
+    containers.bridge(target)  # the engine, the container, the server: before anything
+    if target.container and manifest is not None and manifest.format == "directory":
+        raise PyopsError(_directory_in_container(manifest, target.container))
+    check_client(manifest, target)
     live = dbname(target)
     drop_restore_leftovers(target)
     notes: list[str] = []
@@ -434,6 +478,11 @@ def plan(
         notes.append(f"--no-owner: every object will belong to {who.name}")
     if opts.no_acl:
         notes.append("--no-acl: no grants are restored")
+    if target.container and opts.jobs > 1:
+        notes.append(
+            f"--jobs {opts.jobs} is not used: pg_restore runs in container {target.container} "
+            "and reads the dump from its stdin (parallel restore needs a file it can seek)"
+        )
     if opts.tables:
         notes.append(
             "--table restores the table's definition and rows only: its indexes, constraints, "
@@ -598,8 +647,14 @@ def _load(
 ) -> None:
     fmt, jobs = manifest.format, opts.jobs
     flags = opts.pg_restore_flags()
+    box = containers.of(target)
+    if box and fmt == "directory":
+        raise PyopsError(_directory_in_container(manifest, box.container))
+    if box:
+        jobs = 1  # the container's pg_restore reads stdin: no seekable file for -j
     if fmt == "plain":
-        psql = pg.psql_script(newest_client(), dest, env=env)
+        directory = target.pg_bin_dir if box else newest_client()
+        psql = pg.psql_script(directory, dest, env=env, container=box)
         stream.into_tool(chunks, [*decoders, psql])
     elif fmt == "directory":
         out = _unpack_directory(manifest, chunks, decoders, scratch)
@@ -618,7 +673,16 @@ def _load(
             pass
         copy.unlink()
     else:
-        stream.into_tool(chunks, [*decoders, _pg_restore_stage(dest, env, flags=flags)])
+        stage = _pg_restore_stage(dest, env, flags=flags, target=target)
+        stream.into_tool(chunks, [*decoders, stage])
+
+
+def _directory_in_container(manifest: Manifest, container: str) -> str:
+    return (
+        f"{manifest.id} is a directory-format dump: pg_restore inside container {container} "
+        "cannot read its files; restore it from a host with postgresql-client and a "
+        "published port (nothing was changed)"
+    )
 
 
 def _swap(target: PostgresTarget, live: str, work: str, stamp: str) -> str:

@@ -6,8 +6,8 @@ part at a time; every part carries its SHA-256 as a header the store validates
 SHA-256 is computed from the bytes actually sent and rides along as metadata, and
 after completing an upload its size and sha256 are confirmed with a HEAD. A
 failed upload is aborted so no half object or dangling upload remains.
-Credentials come only from boto3's standard chain (environment, shared file,
-instance role).
+Credentials come from `access_key_id_file` / `secret_access_key_file` when set, else
+from boto3's standard chain (environment, shared file, instance role).
 """
 
 from __future__ import annotations
@@ -111,13 +111,20 @@ class S3Store:
 
         from pyops import secrets
 
-        # credentials from boto3's standard chain; the environment's were moved out of
-        # reach of child processes at start-up (pyops.secrets), so hand them over
-        session = boto3.session.Session(
-            aws_access_key_id=secrets.get("AWS_ACCESS_KEY_ID"),
-            aws_secret_access_key=secrets.get("AWS_SECRET_ACCESS_KEY"),
-            aws_session_token=secrets.get("AWS_SESSION_TOKEN"),
-        )
+        # the key files when the config names them; else boto3's standard chain, whose
+        # environment keys were moved out of reach of child processes at start-up
+        # (pyops.secrets), so hand them over
+        keys = secrets.s3_keys(self.config)
+        if keys is not None:
+            session = boto3.session.Session(
+                aws_access_key_id=keys[0], aws_secret_access_key=keys[1]
+            )
+        else:
+            session = boto3.session.Session(
+                aws_access_key_id=secrets.get("AWS_ACCESS_KEY_ID"),
+                aws_secret_access_key=secrets.get("AWS_SECRET_ACCESS_KEY"),
+                aws_session_token=secrets.get("AWS_SESSION_TOKEN"),
+            )
         return session.client(
             "s3",
             endpoint_url=self.config.endpoint_url or None,

@@ -1,5 +1,9 @@
 """pg_dump / pg_restore / psql command lines. The connection string never holds a
-password (config rejects it); libpq finds one in the child's environment or .pgpass."""
+password (config rejects it); libpq finds one in the child's environment or .pgpass.
+
+`container`: the tool runs inside that container (`<engine> exec -i -e PGPASSWORD
+<container> pg_dump ...`, pyops.tools.container); `bin_dir` and the connection
+string are then the container's."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
 
 from pyops.execute import Stage
+from pyops.tools.container import Exec, inside
 
 if TYPE_CHECKING:
     from pyops.config import PostgresTarget
@@ -32,6 +37,7 @@ def pg_dump(
     lock_wait_ms: int | None = None,
     exclude_table_data: Sequence[str] = (),
     enable_row_security: bool = False,
+    container: Exec | None = None,
 ) -> Stage:
     """`lock_wait_ms`: give up on a table lock not granted within it (milliseconds, the
     unit every server version accepts) instead of waiting forever.
@@ -51,7 +57,7 @@ def pg_dump(
         *((f"--file={directory}",) if fmt == "directory" and directory else ()),
         f"--dbname={conninfo}",
     )
-    return Stage("pg_dump", argv, env=env)
+    return inside(Stage("pg_dump", argv, env=env), container)
 
 
 class DumpOptions(TypedDict):
@@ -75,6 +81,7 @@ def pg_restore(
     jobs: int = 1,
     source: Path | None = None,
     flags: Sequence[str] = (),
+    container: Exec | None = None,
 ) -> Stage:
     """Restore into `conninfo`, or with conninfo None read everything to /dev/null
     (the deep check: `--list` only reads the table of contents). `flags`: selection
@@ -88,10 +95,16 @@ def pg_restore(
         *((f"--jobs={jobs}",) if jobs > 1 else ()),
         *((str(source),) if source else ()),
     )
-    return Stage("pg_restore", argv, env=env)
+    return inside(Stage("pg_restore", argv, env=env), container)
 
 
-def psql_script(bin_dir: Path | None, conninfo: str, *, env: Mapping[str, str]) -> Stage:
+def psql_script(
+    bin_dir: Path | None,
+    conninfo: str,
+    *,
+    env: Mapping[str, str],
+    container: Exec | None = None,
+) -> Stage:
     """Replay a plain SQL dump from stdin, stopping at the first error."""
     argv = (
         program(bin_dir, "psql"),
@@ -102,8 +115,8 @@ def psql_script(bin_dir: Path | None, conninfo: str, *, env: Mapping[str, str]) 
         "--single-transaction",
         f"--dbname={conninfo}",
     )
-    return Stage("psql", argv, env=env)
+    return inside(Stage("psql", argv, env=env), container)
 
 
-def version(bin_dir: Path | None, name: str = "pg_dump") -> Stage:
-    return Stage(name, (program(bin_dir, name), "--version"))
+def version(bin_dir: Path | None, name: str = "pg_dump", container: Exec | None = None) -> Stage:
+    return inside(Stage(name, (program(bin_dir, name), "--version")), container)

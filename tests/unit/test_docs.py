@@ -148,7 +148,9 @@ def test_described_keys_cover_every_config_field() -> None:
             if f.name == "source":
                 continue
             hint = hints[f.name]
-            if isinstance(hint, type) and hasattr(hint, "__dataclass_fields__"):
+            if prefix == "targets[]." and f.name == "hooks":  # [hooks]' keys, per target
+                keys.append("targets[].hooks")
+            elif isinstance(hint, type) and hasattr(hint, "__dataclass_fields__"):
                 keys += walk(hint, f"{prefix}{f.name}.")
             elif f.name == "targets":
                 for tcls in config.TARGET_TYPES.values():
