@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import struct
 import subprocess
 import threading
@@ -24,20 +25,37 @@ from pyops import tarsafe
 
 
 def _shrink_when_read(path: Path, proc: subprocess.Popen[str], done: threading.Event) -> None:
-    """Truncate `path` once tar (a child of the pyops run) has read part of it."""
+    """Truncate `path` while tar (a child of the pyops run) is part-way through it: tar is
+    stopped (SIGSTOP) once it has read some of the file, the file truncated, tar resumed.
+    Truncating on a byte count alone raced tar on a loaded machine: zstd buffers a whole
+    job of input, so tar could read the file to its end before the watcher looked."""
+    size = path.stat().st_size
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None and not done.is_set():
         for tar in _children_named(proc.pid, "tar"):
-            try:
-                io = Path(f"/proc/{tar}/io").read_text()
-            except OSError:
+            if _position(tar, path) <= 0:
                 continue
-            rchar = int(next(ln.split()[1] for ln in io.splitlines() if ln.startswith("rchar")))
-            if rchar > 4 << 20:
-                os.truncate(path, 1 << 20)
-                done.set()
-                return
+            os.kill(tar, signal.SIGSTOP)
+            try:
+                if 0 < _position(tar, path) < size:
+                    os.truncate(path, 1 << 20 if _position(tar, path) > 1 << 20 else 0)
+                    done.set()
+                    return
+            finally:
+                os.kill(tar, signal.SIGCONT)
         time.sleep(0.005)
+
+
+def _position(pid: int, path: Path) -> int:
+    """How far process `pid` has read into `path` (-1: it has no descriptor open on it)."""
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
+                info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+                return int(next(ln.split()[1] for ln in info.splitlines() if ln.startswith("pos")))
+    except (OSError, StopIteration):
+        pass
+    return -1
 
 
 def _children_named(root: int, comm: str) -> list[int]:
