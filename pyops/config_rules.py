@@ -11,6 +11,7 @@ write is only named as a default.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,13 @@ from pyops import pgdatabases
 from pyops.errors import ConfigError
 
 if TYPE_CHECKING:
-    from pyops.config import Config, HealthConfig, MaintenanceConfig, PostgresTarget
+    from pyops.config import (
+        Config,
+        HealthConfig,
+        MaintenanceConfig,
+        PgbackrestTarget,
+        PostgresTarget,
+    )
 
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
@@ -59,6 +66,8 @@ def _targets(config: Config) -> None:
             if t.lock_wait_seconds < 1:
                 raise ConfigError(f"{key}.lock_wait_seconds", "must be at least 1 (seconds)")
             _databases(t, key)
+        if t.type == "pgbackrest":
+            _pgbackrest(t, key)
         if t.type == "files":
             if not t.paths:
                 raise ConfigError(f"{key}.paths", "list at least one path")
@@ -66,6 +75,26 @@ def _targets(config: Config) -> None:
                 if not p.is_absolute():
                     raise ConfigError(f"{key}.paths[{j}]", f"must be absolute, not {str(p)!r}")
     _child_names(config)
+
+
+STANZA_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*\$?$")
+
+
+def _pgbackrest(t: PgbackrestTarget, key: str) -> None:
+    """A pgbackrest target: a stanza name, absolute paths, a plausible system user."""
+    if not STANZA_RE.match(t.stanza):
+        raise ConfigError(
+            f"{key}.stanza",
+            f"a pgBackRest stanza name (letters, digits, '_', '.', '-'), not {t.stanza!r}",
+        )
+    _dsn(t.dsn, f"{key}.dsn")
+    for name in ("pgbackrest_config", "pg_bin_dir", "drill_dir"):
+        path = getattr(t, name)
+        if path is not None and not path.is_absolute():
+            raise ConfigError(f"{key}.{name}", f"must be absolute, not {str(path)!r}")
+    if not USER_RE.match(t.system_user):
+        raise ConfigError(f"{key}.system_user", f"a system user name, not {t.system_user!r}")
 
 
 def _databases(t: PostgresTarget, key: str) -> None:
@@ -176,6 +205,12 @@ def _maintenance(config: Config) -> None:
                 f"{rule.target!r} is a files target: cleanup deletes rows "
                 "from postgres and sqlite targets only",
             )
+        if kind == "pgbackrest":
+            raise ConfigError(
+                f"{key}.target",
+                f"{rule.target!r} is a pgbackrest target: cleanup deletes rows "
+                "from postgres and sqlite targets only",
+            )
         schema, _ = split_table_name(rule.table, f"{key}.table")
         if kind == "sqlite" and schema not in (None, "main"):
             raise ConfigError(
@@ -251,6 +286,7 @@ CHECK_NAMES = (
     "blocking",
     "manifests",
     "coverage",
+    "pgbackrest",
 )
 POSITIVE = (
     "backup_max_age_hours",
@@ -263,6 +299,7 @@ POSITIVE = (
     "long_running_critical_seconds",
     "blocking_critical_seconds",
     "backup_size_min_ratio",
+    "archive_max_age_minutes",
 )
 NON_NEGATIVE = ("tls_warn_days", "tls_critical_days", "gpg_expiry_warn_days", "redis_queue_warn")
 PERCENT = (
