@@ -6,10 +6,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help deps venv lint test unit demo bench clean
+.PHONY: help deps venv lint test unit demo bench bench-fleet clean
 
 help:
-	@echo "make demo | make test | make lint | make unit | make bench | make clean"
+	@echo "make demo | make test | make lint | make unit | make bench | make bench-fleet | make clean"
 
 deps:
 	@scripts/install-deps.sh
@@ -43,6 +43,11 @@ demo: deps venv
 # not part of `make test`: minutes of I/O. BENCH_ARGS="--size-mb 1000 --runs 3"
 bench: deps venv
 	$(PY) tests/bench/bench.py $(BENCH_ARGS)
+
+# not part of `make test`: `pyops fleet` over 500 hosts x 5 targets with a year of history
+# in the S3 server on 127.0.0.1 (docs/fleet.md). FLEET_BENCH_ARGS="--hosts 500 --runs 3"
+bench-fleet: venv
+	$(PY) tests/bench/fleet_bench.py $(FLEET_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo-run

@@ -102,6 +102,11 @@ class Listing:
         return None
 
 
+# the host's fleet index, beside its backups and repository.json: written and read only
+# through pyops/fleetindex.py (which seals it with the repository key, like a manifest)
+INDEX_KEY = "index.json"
+
+
 def manifest_key(backup_id: str) -> str:
     target, tier, _ = mf.parse_id(backup_id)
     return f"{target}/{tier}/{backup_id}{MANIFEST_SUFFIX}"

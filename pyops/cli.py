@@ -59,7 +59,7 @@ def exit_codes_help() -> str:
     return (
         "\b\nExit codes (whatever fails, nothing half-done is left behind):\n"
         + "\n".join(lines)
-        + "\n  pyops health: 0 ok, 1 warning, 2 critical, 3 unknown"
+        + "\n  pyops health, pyops fleet: 0 ok, 1 warning, 2 critical, 3 unknown"
     )
 
 
@@ -163,6 +163,7 @@ COMMANDS = {
     "history": "data:history",
     "maintenance": "maintenance:maintenance",
     "health": "health:health",
+    "fleet": "fleet:fleet",
     "db": "report:db_group",
     "systemd": "ops:systemd_group",
     "schedule": "ops:schedule_group",

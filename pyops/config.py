@@ -122,7 +122,10 @@ class HooksConfig:
 class PostgresTarget:
     name: str = opt(help="target name, used in file names")
     type: Literal["postgres"] = opt(help="postgres")
-    dsn: str = opt(help="libpq URI or key=value string, without a password")
+    dsn: str = opt(
+        help="libpq URI or key=value string, without a password; pgbackrest: the stanza's "
+        "server, which health asks (pg_stat_archiver)"
+    )
     password_env: str = opt("", "environment variable holding the password")
     password_file: Path | None = opt(
         None, "file holding the password (beside password_env; e.g. a systemd credential)"
@@ -135,7 +138,11 @@ class PostgresTarget:
         "custom", "custom | plain | directory | tar"
     )
     jobs: int = opt(1, "pg_dump -j; used by the directory format only (others ignore it)")
-    pg_bin_dir: Path | None = opt(None, "where pg_dump lives; default: newest matching")
+    pg_bin_dir: Path | None = opt(
+        None,
+        "where pg_dump lives; default: newest matching; pgbackrest: the server binaries a "
+        "drill runs the restored cluster with; default: those of the backup's major version",
+    )
     lock_wait_seconds: float = opt(
         600.0,
         "longest wait for a table lock another session holds (pg_dump --lock-wait-timeout, "
@@ -188,11 +195,48 @@ class FilesTarget:
     )
 
 
-Target = PostgresTarget | SqliteTarget | FilesTarget
+@dataclass(frozen=True)
+class PgbackrestTarget:
+    """A PostgreSQL cluster backed up by pgBackRest on pyops' calendar (docs/pgbackrest.md)."""
+
+    name: str = opt(help="target name, used in file names")
+    type: Literal["pgbackrest"] = opt(help="pgbackrest")
+    stanza: str = opt(help="the pgBackRest stanza (pgbackrest --stanza)")
+    dsn: str = opt(
+        help="libpq URI or key=value string, without a password; pgbackrest: the stanza's "
+        "server, which health asks (pg_stat_archiver)"
+    )
+    pgbackrest_config: Path = opt(
+        Path("/etc/pgbackrest.conf"),
+        "pgBackRest's config file (pgbackrest --config); the default is where Debian's "
+        "package puts it",
+    )
+    pg_bin_dir: Path | None = opt(
+        None,
+        "where pg_dump lives; default: newest matching; pgbackrest: the server binaries a "
+        "drill runs the restored cluster with; default: those of the backup's major version",
+    )
+    system_user: str = opt(
+        "postgres",
+        "when pyops runs as root, pgbackrest and a drill's scratch cluster run as this user "
+        "(the server's, which archive_command runs as)",
+    )
+    drill_dir: Path | None = opt(
+        None,
+        "where a drill restores the cluster (room for the whole database, reachable by "
+        "system_user); default: TMPDIR, else /tmp",
+    )
+    hooks: HooksConfig = opt(
+        HooksConfig(), "a table with the keys of [hooks]: commands around this target's runs"
+    )
+
+
+Target = PostgresTarget | SqliteTarget | FilesTarget | PgbackrestTarget
 TARGET_TYPES: dict[str, type[Any]] = {
     "postgres": PostgresTarget,
     "sqlite": SqliteTarget,
     "files": FilesTarget,
+    "pgbackrest": PgbackrestTarget,
 }
 
 
@@ -289,6 +333,11 @@ class HealthConfig:
     )
     blocking_critical_seconds: float = opt(
         300.0, "blocking is critical when a session waits longer (any blocked session warns)"
+    )
+    archive_max_age_minutes: float = opt(
+        60.0,
+        "pgbackrest: warn when WAL segments wait to be archived and the last one archived "
+        "is older (an idle server archives nothing, and that is fine)",
     )
 
 
@@ -495,12 +544,11 @@ def _build_target(value: Any, key: str) -> Target:
     if not isinstance(value, dict):
         raise ConfigError(key, "expected a table")
     kind = value.get("type")
+    known = " | ".join(TARGET_TYPES)
     if kind is None:
-        raise ConfigError(f"{key}.type", "required (postgres | sqlite | files)")
+        raise ConfigError(f"{key}.type", f"required ({known})")
     if kind not in TARGET_TYPES:
-        raise ConfigError(
-            f"{key}.type", f"unknown target type {kind!r} (postgres | sqlite | files)"
-        )
+        raise ConfigError(f"{key}.type", f"unknown target type {kind!r} ({known})")
     target: Target = _build(TARGET_TYPES[kind], value, key)
     return target
 

@@ -22,7 +22,14 @@ from pyops import pgdatabases
 from pyops.errors import ConfigError
 
 if TYPE_CHECKING:
-    from pyops.config import Config, HealthConfig, HooksConfig, MaintenanceConfig, PostgresTarget
+    from pyops.config import (
+        Config,
+        HealthConfig,
+        HooksConfig,
+        MaintenanceConfig,
+        PgbackrestTarget,
+        PostgresTarget,
+    )
 
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
@@ -63,6 +70,8 @@ def _targets(config: Config) -> None:
             if t.lock_wait_seconds < 1:
                 raise ConfigError(f"{key}.lock_wait_seconds", "must be at least 1 (seconds)")
             _databases(t, key)
+        if t.type == "pgbackrest":
+            _pgbackrest(t, key)
         if t.type == "files":
             if not t.paths:
                 raise ConfigError(f"{key}.paths", "list at least one path")
@@ -70,6 +79,26 @@ def _targets(config: Config) -> None:
                 if not p.is_absolute():
                     raise ConfigError(f"{key}.paths[{j}]", f"must be absolute, not {str(p)!r}")
     _child_names(config)
+
+
+STANZA_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*\$?$")
+
+
+def _pgbackrest(t: PgbackrestTarget, key: str) -> None:
+    """A pgbackrest target: a stanza name, absolute paths, a plausible system user."""
+    if not STANZA_RE.match(t.stanza):
+        raise ConfigError(
+            f"{key}.stanza",
+            f"a pgBackRest stanza name (letters, digits, '_', '.', '-'), not {t.stanza!r}",
+        )
+    _dsn(t.dsn, f"{key}.dsn")
+    for name in ("pgbackrest_config", "pg_bin_dir", "drill_dir"):
+        path = getattr(t, name)
+        if path is not None and not path.is_absolute():
+            raise ConfigError(f"{key}.{name}", f"must be absolute, not {str(path)!r}")
+    if not USER_RE.match(t.system_user):
+        raise ConfigError(f"{key}.system_user", f"a system user name, not {t.system_user!r}")
 
 
 def _databases(t: PostgresTarget, key: str) -> None:
@@ -180,6 +209,12 @@ def _maintenance(config: Config) -> None:
                 f"{rule.target!r} is a files target: cleanup deletes rows "
                 "from postgres and sqlite targets only",
             )
+        if kind == "pgbackrest":
+            raise ConfigError(
+                f"{key}.target",
+                f"{rule.target!r} is a pgbackrest target: cleanup deletes rows "
+                "from postgres and sqlite targets only",
+            )
         schema, _ = split_table_name(rule.table, f"{key}.table")
         if kind == "sqlite" and schema not in (None, "main"):
             raise ConfigError(
@@ -255,6 +290,7 @@ CHECK_NAMES = (
     "blocking",
     "manifests",
     "coverage",
+    "pgbackrest",
 )
 POSITIVE = (
     "backup_max_age_hours",
@@ -267,6 +303,7 @@ POSITIVE = (
     "long_running_critical_seconds",
     "blocking_critical_seconds",
     "backup_size_min_ratio",
+    "archive_max_age_minutes",
 )
 NON_NEGATIVE = ("tls_warn_days", "tls_critical_days", "gpg_expiry_warn_days", "redis_queue_warn")
 PERCENT = (

@@ -7,8 +7,9 @@ usage() {
   cat <<'USAGE'
 usage: scripts/install-deps.sh [--check]
 Installs postgresql (server + client + contrib), gnupg, zstd, sqlite3, tar, gzip,
-systemd (for systemd-analyze), shellcheck and redis-server (health tests) with
-apt-get when any is missing.
+systemd (for systemd-analyze), shellcheck, redis-server (health tests) and pgbackrest
+(pgbackrest targets) with apt-get when any is missing; and chromium (headless: the
+test of `pyops fleet --format html` renders the page).
   --check   only report what is missing; exit 1 if anything is
 USAGE
 }
@@ -37,6 +38,8 @@ have gzip || missing+=(gzip)
 have systemd-analyze || missing+=(systemd)
 have shellcheck || missing+=(shellcheck)
 have redis-server || missing+=(redis-server)
+have pgbackrest || missing+=(pgbackrest)
+have chromium || missing+=(chromium)  # renders `pyops fleet --format html` in tests/fleet
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

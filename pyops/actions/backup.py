@@ -14,11 +14,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pyops import __version__, attachments, hooks, secrets
+from pyops import __version__, attachments, fleetindex, hooks, secrets
 from pyops.app import App
 from pyops.artifact import ArtifactWriter, read_chunks
 from pyops.catalog import Catalog
-from pyops.config import PostgresTarget, Target
+from pyops.config import PgbackrestTarget, PostgresTarget, Target
 from pyops.errors import ConfigError, PyopsError, os_error_message
 from pyops.execute import DEVNULL, PIPE, pipeline
 from pyops.manifest import Manifest
@@ -190,6 +190,29 @@ def backup_target(app: App, target: Target, tier: str) -> Manifest:
     return manifest
 
 
+def _pgbackrest(app: App, target: PgbackrestTarget, tier: str) -> BackupResult:
+    """`pgbackrest backup` of the tier's type (pyops.tools.pgbackrest). No upload and no
+    prune: pgBackRest keeps its own repositories and expires by its repo1-retention-*."""
+    from pyops.sources import pgbackrest
+
+    t0 = time.monotonic()
+    hook = hooks.Hooks(app.config, target, "backup", tier)  # the same hooks as dumps
+    try:
+        with hook.around():
+            done = pgbackrest.backup(app, target, tier)
+            hook.backup_id = done.label
+        hook.settle(f"the backup {done.label} itself is complete")
+    except PyopsError as exc:
+        log.error("backup %s: FAILED: %s", target.name, exc)
+        error = hooks.join(str(exc), *hook.problems)
+        return BackupResult(
+            target.name, False, tier=tier, duration_s=time.monotonic() - t0, error=error
+        )
+    return BackupResult(
+        target.name, True, done.label, tier, done.bytes, done.duration_s, warnings=done.warnings
+    )
+
+
 def run(app: App, tier: str, work: Expanded, *, offsite: bool, prune: bool) -> list[BackupResult]:
     """Back up each target (`work`: the selection with each `databases = "all"` target
     replaced by its databases', pgdatabases.expand_targets), copy it offsite, then
@@ -208,6 +231,9 @@ def run(app: App, tier: str, work: Expanded, *, offsite: bool, prune: bool) -> l
     for warning in work.warnings:
         log.warning("backup: %s", warning)
     for target in work.targets:
+        if isinstance(target, PgbackrestTarget):  # pgBackRest's repository, not pyops'
+            results.append(_pgbackrest(app, target, tier))
+            continue
         t0 = time.monotonic()
         hook = hooks.Hooks(app.config, target, "backup", tier)  # before/after_backup, on_error
         try:
@@ -243,10 +269,12 @@ def run(app: App, tier: str, work: Expanded, *, offsite: bool, prune: bool) -> l
                 sync.upload_after_backup(app, manifest.id)
                 result.offsite = True
             if prune:
-                rows = prune_action.run(app, [target.name], tiers, dry_run=False)
+                rows = prune_action.run(app, [target.name], tiers, dry_run=False, index=False)
                 result.pruned = [r.id for r in rows if not r.keep]
                 if use_offsite:
-                    prune_action.run(app, [target.name], tiers, dry_run=False, remote=True)
+                    prune_action.run(
+                        app, [target.name], tiers, dry_run=False, remote=True, index=False
+                    )
         except PyopsError as exc:
             result.ok = False
             result.error = f"{exc} (the local backup {manifest.id} is kept)"
@@ -258,4 +286,6 @@ def run(app: App, tier: str, work: Expanded, *, offsite: bool, prune: bool) -> l
             )
         if not result.ok:
             result.error = hooks.join(result.error, *hook.on_error(result.error or ""))
+    if use_offsite:
+        fleetindex.publish(app, "backup")  # best effort: never fails the backup
     return results

@@ -18,16 +18,17 @@ import shlex
 import shutil
 import time
 from dataclasses import MISSING, dataclass, field, fields, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from pyops import attachments
+from pyops import attachments, fleetindex
 from pyops.app import App
 from pyops.artifact import read_chunks
 from pyops.catalog import Backup
-from pyops.config import PostgresTarget, Target
+from pyops.config import PgbackrestTarget, PostgresTarget, Target
 from pyops.errors import PyopsError, VerifyFailed, os_error_message
 from pyops.fsutil import make_private_dir
 from pyops.manifest import stamp as make_stamp
@@ -56,6 +57,7 @@ class DrillResult:
     scratch_cluster: str | None = None  # "PostgreSQL 15": restored into a throwaway cluster
     leftover: str | None = None  # a scratch not removed, and the command that removes it
     warnings: list[str] = field(default_factory=list)
+    tier: str | None = None  # pgbackrest: the tier of the backup's type (no pyops id to read)
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -290,28 +292,76 @@ def _cause(exc: BaseException) -> str:
     return f"unexpected error: {type(exc).__name__}: {exc}"
 
 
+def _from_backup(
+    app: App, target: Target, remote: bool, keep: bool, scratch_cluster: bool, result: DrillResult
+) -> None:
+    """A target pyops backs up itself: its newest backup, restored beside or into a
+    scratch cluster."""
+    backup, result.fetch_s = latest(app, target, remote)
+    result.backup, result.bytes = backup.id, backup.manifest.size
+    if backup.manifest.encrypted:  # a host with only the public key: say so plainly
+        app.codec.probe_decrypt(app.local().head(backup, 1 << 16), backup.id)
+    stamp = make_stamp(app.clock())
+    if scratch_cluster and isinstance(target, PostgresTarget):
+        _in_scratch_cluster(app, target, backup, stamp, result)
+    else:
+        if scratch_cluster:
+            _warn(
+                result,
+                f"--scratch-cluster applies to postgres targets: this {target.type} "
+                "target was restored into a scratch place as usual",
+            )
+        _same_server(app, target, backup, stamp, keep, result)
+
+
+def _from_pgbackrest(
+    app: App,
+    target: PgbackrestTarget,
+    remote: bool,
+    keep: bool,
+    target_time: datetime | None,
+    result: DrillResult,
+) -> None:
+    """pgBackRest restores the stanza into a throwaway cluster, which recovers and is
+    checked (pyops.restoredcluster). No fetch: pgBackRest reads its repository as it
+    restores, so the RTO is restore + recovery (cluster_s) + check."""
+    from pyops import restoredcluster
+
+    if remote:
+        _warn(result, "--remote: pgBackRest restores from its own repositories (its config's)")
+    if keep:
+        _warn(result, "--keep: a pgBackRest drill's scratch cluster is always removed")
+    done = restoredcluster.Drilled()
+    try:
+        restoredcluster.drill(app, target, target_time, done)
+    finally:
+        result.backup, result.tier, result.bytes = done.label or None, done.tier or None, done.bytes
+        result.restore_s, result.cluster_s = done.restore_s, done.cluster_s
+        result.check_s, result.checked = done.check_s, done.checked
+        result.scratch, result.scratch_cluster = done.scratch or None, done.scratch_cluster or None
+        for warning in done.warnings:
+            _warn(result, warning)
+        if done.leftover:
+            _left_behind(result, done.leftover, "the scratch cluster could not be removed")
+
+
 def drill_target(
-    app: App, target: Target, remote: bool, keep: bool, scratch_cluster: bool = False
+    app: App,
+    target: Target,
+    remote: bool,
+    keep: bool,
+    scratch_cluster: bool = False,
+    target_time: datetime | None = None,
 ) -> DrillResult:
     """One target's drill. Whatever fails is this target's result, never the run's:
-    only an interrupt (Ctrl-C, SIGTERM) stops the other targets."""
+    only an interrupt (Ctrl-C, SIGTERM) stops the other targets. `target_time`: a
+    pgbackrest target's point-in-time recovery."""
     result = DrillResult(target.name, False, remote=remote)
     try:
-        backup, result.fetch_s = latest(app, target, remote)
-        result.backup, result.bytes = backup.id, backup.manifest.size
-        if backup.manifest.encrypted:  # a host with only the public key: say so plainly
-            app.codec.probe_decrypt(app.local().head(backup, 1 << 16), backup.id)
-        stamp = make_stamp(app.clock())
-        if scratch_cluster and isinstance(target, PostgresTarget):
-            _in_scratch_cluster(app, target, backup, stamp, result)
+        if isinstance(target, PgbackrestTarget):
+            _from_pgbackrest(app, target, remote, keep, target_time, result)
         else:
-            if scratch_cluster:
-                _warn(
-                    result,
-                    f"--scratch-cluster applies to postgres targets: this {target.type} "
-                    "target was restored into a scratch place as usual",
-                )
-            _same_server(app, target, backup, stamp, keep, result)
+            _from_backup(app, target, remote, keep, scratch_cluster, result)
         result.ok = True
     except Exception as exc:
         result.error = _cause(exc)
@@ -344,5 +394,8 @@ def run(
     remote: bool,
     keep: bool,
     scratch_cluster: bool = False,
+    target_time: datetime | None = None,
 ) -> list[DrillResult]:
-    return [drill_target(app, t, remote, keep, scratch_cluster) for t in targets]
+    results = [drill_target(app, t, remote, keep, scratch_cluster, target_time) for t in targets]
+    fleetindex.publish(app, "drill", results)  # best effort: the drills' results and RTOs
+    return results

@@ -70,8 +70,10 @@ def run(
     config = app.config.maintenance
     journal = Journal(dry_run)
     for target in targets:
-        if target.type == "files":
-            journal.skip(target.name, "-", "", "maintenance does not apply to files targets")
+        if target.type in ("files", "pgbackrest"):
+            journal.skip(
+                target.name, "-", "", f"maintenance does not apply to {target.type} targets"
+            )
             continue
         applies = OPERATIONS[target.type]
         wanted = list(applies) if operations is None else [op for op in applies if op in operations]

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pyops import pgdatabases, retention
+from pyops import fleetindex, pgdatabases, retention
 from pyops.app import App
 from pyops.catalog import Backup, Catalog
 from pyops.fsutil import make_private_dir, write_atomic
@@ -117,11 +117,21 @@ def run(
     dry_run: bool,
     remote: bool = False,
     accept_ids: Sequence[str] = (),
+    index: bool = True,
 ) -> list[PruneRow]:
     catalog = app.remote(write=not dry_run) if remote else app.local(write=not dry_run)
     if accept_ids:
         accept(app, catalog, accept_ids)
     where = "prune --remote" if remote else "prune"
+    engine = [t.name for t in app.config.targets if t.type == "pgbackrest" and t.name in targets]
+    for name in engine:
+        log.info(
+            "%s %s: skipped: pgBackRest expires its own backups (repo1-retention-* in its "
+            "config, applied after each backup)",
+            where,
+            name,
+        )
+    targets = [n for n in targets if n not in engine]
     rows = []
     # a databases = "all" target's name stands for its databases' backups: those the
     # catalog holds, dropped databases included (their retention still applies)
@@ -142,4 +152,6 @@ def run(
             else:
                 catalog.delete(backup)
                 log.info("%s %s: deleted (%s)", where, backup.id, decision.reason)
+    if index and any(not r.keep for r in rows) and not dry_run:
+        fleetindex.publish(app, "prune")  # best effort; `backup` publishes once at its end
     return rows

@@ -75,7 +75,15 @@ GOOD_CANDIDATES = 5
 
 def check_target(app: App, target: str, remote: bool) -> None:
     """A known target, and one backup's worth: a `databases = "all"` target stands for
-    one backup per database, restored one at a time."""
+    one backup per database, restored one at a time. A pgbackrest target is restored by
+    pgBackRest itself (docs/pgbackrest.md); pyops drills it."""
+    if app.config.target(target).type == "pgbackrest":
+        raise UsageError(
+            f"--target {target} is a pgbackrest target: restore its cluster with pgBackRest "
+            "(`pgbackrest --stanza=... restore`, docs/pgbackrest.md); `pyops drill --target "
+            f"{target} [--target-time TIME]` proves it restores",
+            "--target",
+        )
     if not pgdatabases.is_all(app.config.target(target)):
         return
     names = pgdatabases.stored_names(app.config, app.remote() if remote else app.local(), [target])

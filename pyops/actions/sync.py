@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pyops import catalog as cat
+from pyops import fleetindex
 from pyops.app import App
 from pyops.catalog import Backup, Catalog
 from pyops.errors import PyopsError, UsageError
@@ -102,6 +103,7 @@ def sync(app: App, targets: list[str]) -> SyncResult:
             except PyopsError as exc:
                 result.failed[backup.id] = str(exc)
                 log.error("offsite %s: upload failed: %s", backup.id, exc)
+    fleetindex.publish(app, "sync")  # best effort
     return result
 
 

@@ -133,13 +133,25 @@ def list_(
     ]
     refused = [r.as_dict() for r in listing.refused]
     foreign = [r.as_dict() for r in listing.foreign]
+    unavailable: list[dict[str, str]] = []
+    if not remote:  # pgbackrest targets: what `pgbackrest info` lists of their stanzas
+        from pyops.sources import pgbackrest
+
+        engine_rows, unavailable = pgbackrest.list_rows(app, target, tier)
+        rows = sorted(rows + engine_rows, key=lambda r: str(r["time"]), reverse=True)
+
+    def shown(r: dict[str, Any]) -> str:  # a pgBackRest label does not name its target
+        return f"{r['target']}:{r['id']}" if r.get("engine") else str(r["id"])
+
+    def flag(value: bool | None, no: str = "no") -> str:
+        return "-" if value is None else "yes" if value else no
 
     def text() -> str:
         out = []
         if not rows:
             out.append("no complete backups")
         else:
-            width = max(len(r["id"]) for r in rows)
+            width = max(len(shown(r)) for r in rows)
             out.append(
                 f"{'ID':<{width}}  {'TIER':<11} {'TIME (UTC)':<20} {'SIZE':>10}  "
                 "ENCRYPTED OFFSITE AUTHENTICATED"
@@ -147,16 +159,20 @@ def list_(
             for r in rows:
                 when = datetime.fromisoformat(r["time"]).strftime("%Y-%m-%d %H:%M:%S")
                 out.append(
-                    f"{r['id']:<{width}}  {r['tier']:<11} {when:<20} {human(r['size']):>10}  "
-                    f"{'yes' if r['encrypted'] else 'no':<9} {'yes' if r['offsite'] else 'no':<7} "
-                    f"{'yes' if r['authenticated'] else 'NO'}"
+                    f"{shown(r):<{width}}  {r['tier']:<11} {when:<20} {human(r['size']):>10}  "
+                    f"{flag(r['encrypted']):<9} {flag(r['offsite']):<7} "
+                    f"{flag(r['authenticated'], 'NO')}"
                     + (f"  {len(r['warnings'])} warning(s)" if r["warnings"] else "")
                 )
         out += [f"REFUSED {r['key']}: {r['reason']}" for r in refused]
         out += [f"FOREIGN {r['key']}: {r['reason']}; not touched" for r in foreign]
+        out += [f"UNAVAILABLE {r['target']}: {r['reason']}" for r in unavailable]
         return "\n".join(out)
 
-    emit(fmt, {"backups": rows, "refused": refused, "foreign": foreign}, text)
+    data = {"backups": rows, "refused": refused, "foreign": foreign, "unavailable": unavailable}
+    emit(fmt, data, text)
+    if unavailable:
+        raise SystemExit(EXIT_FAILED)
 
 
 @click.command()
@@ -412,6 +428,12 @@ def sync(ctx: Ctx, targets: tuple[str, ...], check: bool, fmt: str) -> None:
     help="postgres targets: restore into a throwaway cluster with no application roles "
     "(the new-server restore), removed afterwards",
 )
+@click.option(
+    "--target-time",
+    metavar="TIME",
+    help="pgbackrest targets: a point-in-time recovery to TIME (ISO 8601; UTC unless it "
+    "says otherwise), from the newest backup that ended before it",
+)
 @ALLOW_UNAUTHENTICATED
 @FORMAT
 @pass_ctx
@@ -421,6 +443,7 @@ def drill(
     remote: bool,
     keep: bool,
     scratch_cluster: bool,
+    target_time: str | None,
     allow_unauthenticated: bool,
     fmt: str,
 ) -> None:
@@ -436,12 +459,15 @@ def drill(
     catalog = app.remote() if remote else app.local()
     selected = tuple(pgdatabases.stored_targets(app.config, catalog, app.config.select(targets)))
     names = [t.name for t in selected]
+    when = _target_time(target_time, selected) if target_time is not None else None
     with (
         notify.run(app, "drill", names) as note,
         app.lock("drill"),
         recorded(app, "drill", names) as rec,
     ):
-        results = drill_action.run(app, selected, remote, keep, scratch_cluster)
+        if when is not None:
+            rec["target_time"] = when.isoformat()
+        results = drill_action.run(app, selected, remote, keep, scratch_cluster, when)
         note.outcome = notify.drill_outcome(results)
         metrics.record_run(app, "drill", [r.as_dict() for r in results])
         rec["drills"] = [r.as_dict() for r in results]
@@ -469,6 +495,28 @@ def drill(
         ),
         lambda r: f"{r.target}: FAILED {r.error}" + after(r),
     )
+
+
+def _target_time(text: str, selected: Sequence[Any]) -> datetime:
+    """--target-time: a past instant, for pgbackrest targets only (exit 2 otherwise)."""
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is not an ISO 8601 time (e.g. 2025-05-01T12:00:00Z)",
+            param_hint="--target-time",
+        ) from None
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    if when > datetime.now(UTC):
+        raise click.BadParameter(f"{when.isoformat()} is in the future", param_hint="--target-time")
+    others = [t.name for t in selected if t.type != "pgbackrest"]
+    if others:
+        raise click.BadParameter(
+            f"a point-in-time drill needs a pgbackrest target; {', '.join(others)} "
+            "are not (name the pgbackrest targets with --target)",
+            param_hint="--target-time",
+        )
+    return when
 
 
 @click.command()

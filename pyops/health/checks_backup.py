@@ -9,6 +9,7 @@ from datetime import datetime
 
 from pyops import runlog
 from pyops.catalog import Backup
+from pyops.config import Target
 from pyops.errors import PyopsError
 from pyops.health.context import Context
 from pyops.health.result import Part, Result, Status, combine
@@ -49,6 +50,12 @@ def unlisted(ctx: Context) -> list[Part]:
     ]
 
 
+def dumped(ctx: Context) -> list[Target]:
+    """The targets pyops backs up itself: a pgbackrest target's backups are pgBackRest's
+    (the pgbackrest check judges them)."""
+    return [t for t in ctx.backup_targets() if t.type != "pgbackrest"]
+
+
 def freshness(ctx: Context, manifests: list[Manifest], where: str) -> list[Part]:
     """Per target and tier (tiers with retention > 0): the newest backup of that tier or
     a longer one (a weekly backup is also a fresh daily one) must be younger than the
@@ -57,7 +64,7 @@ def freshness(ctx: Context, manifests: list[Manifest], where: str) -> list[Part]
     limits = max_age_hours(ctx)
     retention = ctx.app.config.retention
     parts = unlisted(ctx)
-    for target in ctx.backup_targets():
+    for target in dumped(ctx):
         mine = [m for m in manifests if m.target == target.name and m.tier in TIER_ORDER]
         if not mine:
             parts.append(Part("critical", f"{target.name}: no complete {where} backup"))
@@ -116,7 +123,7 @@ def backup_size(ctx: Context) -> Result:
     dump lost data. Retention applies the same rule (such a backup does not count)."""
     ratio = ctx.cfg.backup_size_min_ratio
     parts = unlisted(ctx)
-    for target in ctx.backup_targets():
+    for target in dumped(ctx):
         for tier in TIER_ORDER:
             backups = ctx.app.local().backups(target.name, tier)
             if not backups:

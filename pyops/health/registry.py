@@ -22,6 +22,7 @@ from pyops.health import (
     checks_gpg,
     checks_host,
     checks_net,
+    checks_pgbackrest,
     checks_redis,
 )
 from pyops.health.context import Context
@@ -43,6 +44,19 @@ def _targets(config: Config) -> str | None:
     return None if config.targets else "no targets configured ([[targets]])"
 
 
+def _dumped(config: Config) -> str | None:
+    """Targets pyops backs up itself (a pgbackrest target's backups are pgBackRest's)."""
+    if any(t.type != "pgbackrest" for t in config.targets):
+        return None
+    return "no targets pyops backs up itself (pgbackrest targets: the pgbackrest check)"
+
+
+def _pgbackrest(config: Config) -> str | None:
+    if any(t.type == "pgbackrest" for t in config.targets):
+        return None
+    return "no pgbackrest target configured ([[targets]] type = 'pgbackrest')"
+
+
 def _bucket(config: Config) -> str | None:
     return None if config.offsite.bucket else "no [offsite] bucket configured"
 
@@ -56,6 +70,13 @@ def _encryption(config: Config) -> str | None:
 def _listed(key: str) -> Needs:
     def needs(config: Config) -> str | None:
         return None if getattr(config.health, key) else f"health.{key} lists nothing"
+
+    return needs
+
+
+def _both(first: Needs, second: Needs) -> Needs:
+    def needs(config: Config) -> str | None:
+        return first(config) or second(config)
 
     return needs
 
@@ -76,8 +97,8 @@ CHECKS: dict[str, Check] = {
     for c in (
         Check("database", checks_db.database, _postgres),
         Check("disk", checks_host.disk, _always),
-        Check("backup_freshness", checks_backup.backup_freshness, _targets),
-        Check("offsite_freshness", checks_backup.offsite_freshness, _bucket),
+        Check("backup_freshness", checks_backup.backup_freshness, _dumped),
+        Check("offsite_freshness", checks_backup.offsite_freshness, _both(_bucket, _dumped)),
         Check("drill_freshness", checks_backup.drill_freshness, _targets),
         Check("gpg_key", checks_gpg.gpg_key, _encryption),
         Check("s3", checks_net.s3, _bucket),
@@ -87,13 +108,14 @@ CHECKS: dict[str, Check] = {
         Check("smtp", checks_net.smtp, _listed("smtp")),
         Check("paths", checks_host.paths, _always),
         Check("deadlocks", checks_db.deadlocks, _postgres),
-        Check("backup_size", checks_backup.backup_size, _targets),
+        Check("backup_size", checks_backup.backup_size, _dumped),
         Check("connections", checks_db.connections, _postgres),
         Check("wraparound", checks_db.wraparound, _postgres),
         Check("long_running", checks_db.long_running, _postgres),
         Check("blocking", checks_db.blocking, _postgres),
         Check("manifests", checks_backup.manifests, _targets),
         Check("coverage", checks_db.coverage, _postgres),
+        Check("pgbackrest", checks_pgbackrest.pgbackrest_check, _pgbackrest),
     )
 }
 assert tuple(CHECKS) == CHECK_NAMES

@@ -59,6 +59,11 @@ class Store(Protocol):
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Objects whose key starts with `prefix` (size only; `stat` tells the rest)."""
 
+    def children(self, prefix: str = "") -> Iterator[str]:
+        """The names one level below `prefix` ("" or ending in "/") that hold objects,
+        sorted, each once: the hosts under a bucket prefix, in one delimiter listing
+        instead of a listing of every object."""
+
     def stat(self, key: str) -> ObjectInfo | None:
         """The object under `key`, or None."""
 

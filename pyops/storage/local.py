@@ -63,6 +63,20 @@ class LocalStore:
             elif entry.is_file(follow_symlinks=False) and key.startswith(prefix):
                 yield ObjectInfo(key, entry.stat(follow_symlinks=False).st_size)
 
+    def children(self, prefix: str = "") -> Iterator[str]:
+        directory = self.path(prefix.rstrip("/")) if prefix else self.root
+        try:
+            if prefix and not stat_.S_ISDIR(os.lstat(directory).st_mode):
+                return
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for entry in entries:
+            if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+                continue
+            if next(self.list(f"{prefix}{entry.name}/"), None) is not None:
+                yield entry.name
+
     def stat(self, key: str) -> ObjectInfo | None:
         try:
             st = os.lstat(self.path(key))

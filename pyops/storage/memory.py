@@ -22,6 +22,14 @@ class MemoryStore:
             if key.startswith(prefix):
                 yield ObjectInfo(key, len(self.objects[key]))
 
+    def children(self, prefix: str = "") -> Iterator[str]:
+        names = {
+            key[len(prefix) :].split("/", 1)[0]
+            for key in self.objects
+            if key.startswith(prefix) and "/" in key[len(prefix) :]
+        }
+        yield from sorted(names)
+
     def stat(self, key: str) -> ObjectInfo | None:
         data = self.objects.get(check_key(key))
         if data is None:

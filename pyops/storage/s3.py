@@ -102,7 +102,7 @@ class S3Store:
         if not config.bucket:
             raise ConfigError("offsite.bucket", "no bucket configured for offsite copies")
         self.config = config
-        self.root = root if root.endswith("/") else f"{root}/"
+        self.root = root if not root or root.endswith("/") else f"{root}/"
         self.client = client or self._client()
 
     def _client(self) -> Any:
@@ -208,6 +208,26 @@ class S3Store:
             )
             for o in page.get("Contents", []):
                 yield ObjectInfo(o["Key"][len(self.root) :], int(o["Size"]))
+            if not page.get("IsTruncated"):
+                return
+            token = page.get("NextContinuationToken")
+
+    def children(self, prefix: str = "") -> Iterator[str]:
+        token: str | None = None
+        while True:
+            extra = {"ContinuationToken": token} if token else {}
+            page = self._call(
+                "listing the bucket",
+                self.client.list_objects_v2,
+                Prefix=f"{self.root}{prefix}",
+                Delimiter="/",
+                **extra,
+            )
+            start = len(self.root) + len(prefix)
+            for found in page.get("CommonPrefixes", []):
+                name = str(found["Prefix"])[start:].rstrip("/")
+                if name:
+                    yield name
             if not page.get("IsTruncated"):
                 return
             token = page.get("NextContinuationToken")

@@ -40,7 +40,7 @@ def test_upload_list_verify_restore_from_the_bucket_alone(
     assert backup["backups"][0]["offsite"] is True
     local = next((tmp_path / "repo").rglob("*.manifest.json"))
     host = json.loads(local.read_text())["host"]
-    keys = s3.object_keys()
+    keys = [k for k in s3.object_keys() if not k.endswith("/index.json")]  # tests/fleet
     assert keys == [
         f"pyops/{host}/notes/daily/{backup_id}.manifest.json",
         f"pyops/{host}/notes/daily/{backup_id}.sqlite3.zst",
@@ -138,7 +138,7 @@ def test_retention_locally_and_in_the_bucket_with_object_lock(
     remote = json.loads(ok(run_pyops(unlocked, "list", "--remote", "--format", "json")).stdout)
     assert len(local) == 2
     assert [b["id"] for b in remote["backups"]] == [b["id"] for b in local]
-    assert len(s3.object_keys()) == 5  # artifact + manifest each, and the identity
+    assert len(s3.object_keys()) == 6  # artifact + manifest each, the identity, the index
 
     locked = sqlite_config(
         tmp_path, s3, sqlite_source, lock_days=1, extra="[retention]\ndaily = 1\n"

@@ -188,6 +188,23 @@ def test_list_with_prefixes(store: Store) -> None:
     assert keys(store, "nothing/") == []
 
 
+def test_children_are_the_names_one_level_down_that_hold_objects(store: Store) -> None:
+    for key in (
+        "repository.json",
+        "web-2/repository.json",
+        "web-1/index.json",
+        "web-1/db/daily/a.dump",
+        "web-10/files/weekly/b.tar",
+        "db-old/daily/x",
+    ):
+        store.put_bytes(key, b"x")
+    assert list(store.children()) == ["db-old", "web-1", "web-10", "web-2"]
+    assert list(store.children("web-1/")) == ["db"]
+    assert list(store.children("web-1/db/")) == ["daily"]
+    assert list(store.children("web-2/")) == []  # an object, no directory
+    assert list(store.children("nothing/")) == []
+
+
 def test_list_below_an_object_is_empty(store: Store) -> None:
     """An object whose key is a "directory" of the prefix does not start with it."""
     store.put_bytes("db", b"a file where a target directory could be")
