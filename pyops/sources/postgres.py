@@ -47,10 +47,17 @@ def extension(target: PostgresTarget) -> str:
 
 
 def child_env(target: PostgresTarget) -> dict[str, str]:
-    """What libpq children need: the password, from the file or the variable the config
-    names (ConfigError naming the key when it cannot be had)."""
+    """What libpq children (pg_dump, pg_restore, psql) need: the password, from the file
+    or the variable the config names (ConfigError naming the key when it cannot be
+    had), and PGOPTIONS lifting the role's own timeouts from the first statement on:
+    pg_dump's own `SET statement_timeout = 0` is cancelled by a role's 1 ms timeout."""
     value = secrets.password(target)
-    return {} if value is None else {"PGPASSWORD": value}
+    env = {"PGOPTIONS": _child_options(target)}
+    return env if value is None else {**env, "PGPASSWORD": value}
+
+
+def _child_options(target: PostgresTarget) -> str:
+    return session.startup_options(target, session.restore(target.lock_wait_seconds))
 
 
 def dbname(target: PostgresTarget) -> str:
@@ -59,6 +66,15 @@ def dbname(target: PostgresTarget) -> str:
 
 def conninfo(target: PostgresTarget, db: str | None = None) -> str:
     return make_conninfo(target.dsn, dbname=db) if db else target.dsn
+
+
+def child_conninfo(target: PostgresTarget, db: str | None = None) -> str:
+    """The connection string a libpq child gets: `options` in the dsn hides PGOPTIONS
+    from libpq, so there the child's limits join the dsn's own options."""
+    info = conninfo(target, db)
+    if conninfo_to_dict(info).get("options"):
+        return make_conninfo(info, options=_child_options(target))
+    return info
 
 
 def where(target: PostgresTarget) -> str:
@@ -196,7 +212,7 @@ def dump(target: PostgresTarget, scratch: Path) -> Iterator[Dump]:
                 stages = [
                     pg.pg_dump(
                         directory,
-                        target.dsn,
+                        child_conninfo(target),
                         target.format,
                         env=env,
                         snapshot=snap.id,
@@ -238,7 +254,7 @@ def _dump_directory(
     tar through the encoders and removed (docs/operators-guide.md explains the trade-off)."""
     stage = pg.pg_dump(
         directory,
-        target.dsn,
+        child_conninfo(target),
         "directory",
         env=env,
         snapshot=snapshot,
@@ -593,7 +609,7 @@ def restore(
     try:
         if opts.partial:
             _create_schemas(target, work, partial_schemas(manifest, opts))
-        _load(target, manifest, chunks, decoders, conninfo(target, work), env, scratch, opts)
+        _load(target, manifest, chunks, decoders, child_conninfo(target, work), env, scratch, opts)
         if state is not None and not opts.partial:
             final = into or live  # what a statement to run by hand must name
             steps, skipped = pgstate.database(

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from pyops import config, secrets
 from pyops.errors import ConfigError
@@ -71,8 +72,8 @@ def test_credential_paths_resolve_in_the_credentials_directory(
 
 def test_child_env_carries_the_file_password_as_pgpassword(tmp_path: Path) -> None:
     path = write(tmp_path / "pw", b"from-a-file\n")
-    assert postgres.child_env(target(password_file=path)) == {"PGPASSWORD": "from-a-file"}
-    assert postgres.child_env(target()) == {}
+    assert postgres.child_env(target(password_file=path))["PGPASSWORD"] == "from-a-file"
+    assert "PGPASSWORD" not in postgres.child_env(target())
     assert secrets.password_source(target(password_file=path)) == f"check password_file ({path})"
     with pytest.raises(ConfigError, match="password_env or password_file, not both"):
         secrets.password(target(password_file=path, password_env="X"))
@@ -88,3 +89,19 @@ def test_s3_keys_both_or_neither(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         secrets.s3_keys(dataclasses.replace(offsite, access_key_id_file=key_id))
     assert caught.value.key == "offsite.secret_access_key_file"
+
+
+def test_children_start_without_the_roles_timeouts_and_keep_the_dsns_options(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("PGOPTIONS", raising=False)
+    options = postgres.child_env(target())["PGOPTIONS"]
+    assert "-c statement_timeout=0" in options
+    assert "-c idle_in_transaction_session_timeout=0" in options
+    assert postgres.child_conninfo(target()) == "dbname=app"  # PGOPTIONS reaches libpq
+    # options in the dsn hide PGOPTIONS: the child's limits join them there
+    own = target(dsn="dbname=app options='-c search_path=app'")
+    info = conninfo_to_dict(postgres.child_conninfo(own, "other"))
+    assert info["dbname"] == "other"
+    assert str(info["options"]).startswith("-c search_path=app -c lock_timeout=")
+    assert "-c statement_timeout=0" in str(info["options"])
