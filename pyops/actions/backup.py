@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -20,7 +21,7 @@ from pyops.artifact import ArtifactWriter, read_chunks
 from pyops.catalog import Catalog
 from pyops.config import PgbackrestTarget, PostgresTarget, Target
 from pyops.errors import ConfigError, PyopsError, os_error_message
-from pyops.execute import DEVNULL, PIPE, pipeline
+from pyops.execute import DEVNULL, PIPE, in_thread, pipeline
 from pyops.manifest import Manifest
 from pyops.manifest import backup_id as make_id
 from pyops.pgdatabases import Expanded
@@ -102,6 +103,14 @@ def _write_attachments(
     return out
 
 
+def _quietly(join: Callable[[], None]) -> None:
+    """Wait for a side task of a backup that failed: its own error is not the cause."""
+    try:
+        join()
+    except BaseException as exc:
+        log.debug("after the failure, a side task failed too: %s", exc)
+
+
 def backup_target(app: App, target: Target, tier: str) -> Manifest:
     local = app.local(write=True)
     clean_leftovers(local, target.name)
@@ -117,6 +126,15 @@ def backup_target(app: App, target: Target, tier: str) -> Manifest:
     warnings: list[str] = []
     with app.scratch(backup_id) as scratch, source.dump(target, scratch) as dump:
         writer = ArtifactWriter(artifact)
+        # what does not depend on the data runs while it streams: the tool versions
+        # for the manifest, and the attachments (captured before the dump started)
+        found: dict[str, Any] = {}
+        side = in_thread(lambda: found.update(tools=codec.tools()))
+        attach = in_thread(
+            lambda: found.update(
+                attached=_write_attachments(app, dump.attachments, artifact, backup_id)
+            )
+        )
         try:
             with codec.encoder() as encoders:
                 stages = [*dump.stages, *encoders]
@@ -142,14 +160,18 @@ def backup_target(app: App, target: Target, tier: str) -> Manifest:
                         for chunk in read_chunks(dump.input_path):
                             writer.write(chunk)
             content = dump.content()
-            attached = _write_attachments(app, dump.attachments, artifact, backup_id)
+            attach()
+            side()
+            attached: dict[str, dict[str, Any]] = found["attached"]
             size, sha = writer.commit()
         except BaseException:
             writer.abort()
+            _quietly(attach)  # never remove an attachment still being written
+            _quietly(side)
             for kind in dump.attachments:
                 artifact.with_name(attachments.name(backup_id, kind, codec)).unlink(missing_ok=True)
             raise
-        tools = {**dump.tools, **codec.tools()}
+        tools = {**dump.tools, **found["tools"]}
     finished = app.clock()
     manifest = Manifest(
         id=backup_id,

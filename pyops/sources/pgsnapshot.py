@@ -253,7 +253,7 @@ class Snapshot:
 
         def count() -> None:
             try:
-                server.count_rows(self.conn, counted, self._counts)
+                server.count_rows(self.conn, counted, self._counts, cheap=True)
             except psycopg.Error as exc:
                 self.current = next(
                     (f"{s}.{t}" for s, t in counted if f"{s}.{t}" not in self._counts), ""

@@ -17,6 +17,7 @@ from fixtures.pgcluster import PgCluster
 from pyops import config
 from pyops.config import PostgresTarget
 from pyops.errors import StageFailed
+from pyops.pgfacts import server
 from pyops.sources import pgsnapshot
 
 pytestmark = pytest.mark.postgres
@@ -181,3 +182,44 @@ def test_a_role_level_statement_timeout_does_not_reach_the_session(
             (pg_db,),
         ).fetchone() or (None,)
     assert sorted(config) == ["idle_in_transaction_session_timeout=1ms", "statement_timeout=1ms"]
+
+
+def test_the_backups_count_reads_a_vacuumed_table_through_its_index_and_stays_exact(
+    pg: PgCluster, pg_db: str
+) -> None:
+    pg.psql(
+        "CREATE TABLE events (id bigint PRIMARY KEY, body text);"
+        "INSERT INTO events SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 60000) g;"
+        "CREATE TABLE heap_only AS SELECT g AS id FROM generate_series(1, 60000) g;"
+        "CREATE TABLE fresh (id int PRIMARY KEY);"  # never vacuumed: no visibility map
+        "INSERT INTO fresh SELECT generate_series(1, 60000);"
+        "ANALYZE fresh;",
+        dbname=pg_db,
+    )
+    # the test cluster commits asynchronously: VACUUM marks a page all-visible only once
+    # the inserting commit is flushed (its hint bits), so flush it first
+    pg.psql("CHECKPOINT")
+    for table in ("events", "heap_only"):
+        pg.psql(f"VACUUM ANALYZE {table}", dbname=pg_db)
+    # rows deleted after the VACUUM: the statistics still say all-visible, the count
+    # must not believe them
+    pg.psql("DELETE FROM events WHERE id % 7 = 0", dbname=pg_db)
+    with pg.connect(pg_db, autocommit=False) as conn:
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        names = [("public", "events"), ("public", "heap_only"), ("public", "fresh")]
+        counts = server.count_rows(conn, names, cheap=True)
+        scans = {
+            name: (seq, idx)
+            for name, seq, idx in conn.execute(
+                "SELECT relname, seq_scan, coalesce(idx_scan, 0) FROM pg_stat_xact_user_tables"
+            ).fetchall()
+        }
+        assert conn.execute("SHOW enable_seqscan").fetchone() == ("on",)  # put back
+    assert counts == {
+        "public.events": 60000 - 60000 // 7,
+        "public.heap_only": 60000,
+        "public.fresh": 60000,
+    }
+    assert scans["events"] == (0, 1)  # its primary key, not the heap
+    assert scans["heap_only"][0] == 1  # no index: the heap
+    assert scans["fresh"][0] == 1  # no visibility map: an index scan would visit the heap
