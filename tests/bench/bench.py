@@ -32,10 +32,21 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+import bench_count  # noqa: E402
+import bench_peers  # noqa: E402
 from fixtures.gpgkeys import cleanup_home, generate_key  # noqa: E402
 from fixtures.pgcluster import PgCluster, start_cluster  # noqa: E402
 
 PYOPS = str(Path(sys.executable).parent / "pyops")
+
+
+def as_installed(env: dict[str, str]) -> dict[str, str]:
+    """pyops as an install runs it: pip compiles the bytecode at install time, so the
+    development tree is compiled once and the environment may write bytecode."""
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(HERE.parent.parent / "pyops")], check=True
+    )
+    return {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
 def sh(script: str, env: dict[str, str]) -> None:
@@ -67,6 +78,12 @@ def peak_rss_kib(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
     return time.monotonic() - t0, peak[0]
 
 
+ALL_VISIBLE = (
+    "SELECT bool_and(relallvisible >= relpages) FROM pg_class"
+    " WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace"
+)
+
+
 def build_database(pg: PgCluster, name: str, size_mb: int) -> int:
     pg.create_database(name)
     scale = max(1, int(size_mb * 0.6 / 15))  # pgbench: ~15 MB per scale unit
@@ -93,9 +110,17 @@ def build_database(pg: PgCluster, name: str, size_mb: int) -> int:
         "CREATE TABLE notes AS SELECT g AS id, md5(random()::text) || ' ' || "
         "md5(random()::text) || ' lorem ipsum dolor sit amet ' || md5(g::text) || "
         "repeat(chr(65 + (g % 26)), 40) AS body FROM generate_series(1, "
-        f"{rows}) g; ANALYZE;",
+        f"{rows}) g; ALTER TABLE notes ADD PRIMARY KEY (id);",
         dbname=name,
     )
+    # as an application's database is between autovacuum runs: vacuumed, statistics
+    # current (this cluster commits asynchronously, and VACUUM marks pages all-visible
+    # only once the WAL writer has flushed the inserting commits: vacuum until it has)
+    for _ in range(100):
+        pg.psql("VACUUM ANALYZE", dbname=name)
+        if pg.psql(ALL_VISIBLE, dbname=name).strip() == "t":
+            break
+        time.sleep(0.2)
     return int(pg.psql(f"SELECT pg_database_size('{name}')", dbname=name).strip())
 
 
@@ -110,11 +135,11 @@ def config(path: Path, repo: Path, pg: PgCluster, db: str, key: Any) -> Path:
 
 
 def measure(
-    size_mb: int, runs: int, jobs: int, work: Path, pg: PgCluster, key: Any
+    size_mb: int, runs: int, jobs: int, work: Path, pg: PgCluster, key: Any, cold_count: bool
 ) -> dict[str, Any]:
     db = f"bench_{size_mb}"
     size = build_database(pg, db, size_mb)
-    env = {**os.environ, **pg.env(db), "GNUPGHOME": str(key.gnupghome)}
+    env = as_installed({**os.environ, **pg.env(db), "GNUPGHOME": str(key.gnupghome)})
     cfg = config(work / f"pyops-{size_mb}.toml", work / f"repo-{size_mb}", pg, db, key)
     raw_file = work / "raw.pgdump.zst.gpg"
     gpg_e = f"gpg --batch --trust-model always --compress-algo none -e -r {key.email}"
@@ -129,6 +154,8 @@ def measure(
             "restore_jobs_pyops",
         )
     }
+    peers = bench_peers.available(pg, db, work, env)
+    results.update({f"peer:{name}": [] for name in peers})
     rss: list[int] = []
     n = [0]
 
@@ -154,6 +181,12 @@ def measure(
         results["backup_pyops"].append(seconds)
         rss.append(peak)
         time.sleep(1.1)  # backups are one per second per target
+        for name, peer in list(peers.items()):
+            try:
+                results[f"peer:{name}"].append(timed(peer))
+            except subprocess.CalledProcessError as exc:  # a peer's failure is a note
+                print(f"bench: {name} failed, left out: {exc}", file=sys.stderr)
+                del peers[name], results[f"peer:{name}"]
 
         target = fresh()
         results["restore_raw"].append(
@@ -221,8 +254,24 @@ def measure(
         for i in range(n[0] - 3, n[0] + 1):
             pg.drop_database(f"r_{size_mb}_{i}")
 
+    counting: dict[str, Any] = {}
+    if cold_count:
+        counting = bench_count.measure(
+            pg,
+            db,
+            size,
+            lambda: sh(
+                f"pg_dump -Fc -Z0 -d '{pg.dsn(db)}' | zstd -q -3 -T0 | {gpg_e} > {raw_file}", env
+            ),
+            lambda: sh(f"{PYOPS} --config {cfg} -q backup", env),
+            env,
+        )
     med = {k: statistics.median(v) for k, v in results.items()}
     return {
+        "peers": {
+            k.removeprefix("peer:"): round(v, 3) for k, v in med.items() if k.startswith("peer:")
+        },
+        "cold_count": counting,
         "size_mb_requested": size_mb,
         "database_bytes": size,
         "runs": runs,
@@ -257,6 +306,23 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {size} | {op} | {m[raw]} | {m[ours]} | {r['ratio'][ratio]} "
                 f"| {r['pyops_peak_rss_mib']} MiB |"
             )
+        for peer, seconds in r["peers"].items():
+            lines.append(
+                f"| {size} | backup: {peer} | {m['backup_raw']} | {seconds} (peer) "
+                f"| {round(seconds / m['backup_raw'], 3)} | |"
+            )
+    for r in report["sizes"]:
+        if r["cold_count"]:
+            size = f"{r['database_bytes'] / 2**20:.0f} MiB"
+            limit = r["cold_count"].get("memory_limit_mib")
+            lines += [
+                "",
+                f"Cold cache, the cluster limited to {limit} MiB of memory (cgroup):",
+                "",
+                "| database | run | seconds | MiB read from disk |",
+                "|---|---|---|---|",
+                *bench_count.rows(r["cold_count"], size),
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -274,7 +340,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="pyops-bench-") as tmp:
             work = Path(tmp)
             sizes = [
-                measure(s, args.runs, args.jobs, work, pg, key)
+                measure(s, args.runs, args.jobs, work, pg, key, cold_count=s == args.size_mb)
                 for s in (args.small_mb, args.size_mb)
             ]
     finally:

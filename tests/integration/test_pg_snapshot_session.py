@@ -197,10 +197,19 @@ def test_the_backups_count_reads_a_vacuumed_table_through_its_index_and_stays_ex
         dbname=pg_db,
     )
     # the test cluster commits asynchronously: VACUUM marks a page all-visible only once
-    # the inserting commit is flushed (its hint bits), so flush it first
-    pg.psql("CHECKPOINT")
-    for table in ("events", "heap_only"):
-        pg.psql(f"VACUUM ANALYZE {table}", dbname=pg_db)
+    # the WAL writer has flushed the inserting commit, so vacuum until it has
+    deadline = time.monotonic() + 30
+    while True:
+        pg.psql("VACUUM ANALYZE events; VACUUM ANALYZE heap_only", dbname=pg_db)
+        done = pg.psql(
+            "SELECT bool_and(relallvisible = relpages) FROM pg_class"
+            " WHERE relname IN ('events', 'heap_only')",
+            dbname=pg_db,
+        )
+        if done.strip() == "t":
+            break
+        assert time.monotonic() < deadline, "VACUUM never marked the tables all-visible"
+        time.sleep(0.1)
     # rows deleted after the VACUUM: the statistics still say all-visible, the count
     # must not believe them
     pg.psql("DELETE FROM events WHERE id % 7 = 0", dbname=pg_db)
