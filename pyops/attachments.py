@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pyops import pgstate, stream
+from pyops import stream
 from pyops.artifact import ArtifactWriter
 from pyops.catalog import Backup, Catalog
 from pyops.codec import Codec
@@ -75,6 +75,8 @@ def read(catalog: Catalog, backup: Backup, kind: str, codec: Codec) -> dict[str,
 def saved_state(catalog: Catalog, backup: Backup, codec: Codec) -> dict[str, Any]:
     """The roles and database state kept with a PostgreSQL backup, its shape checked
     before any statement is made of it."""
+    from pyops import pgstate  # PostgreSQL's rules (and psycopg) only when one is read
+
     state = read(catalog, backup, "globals", codec)
     problems = pgstate.shape_problems(state)
     if problems:

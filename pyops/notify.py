@@ -17,8 +17,6 @@ import logging
 import os
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -120,6 +118,9 @@ class _Batch:
 
 def _http(url: str, body: str | None) -> str | None:
     """GET (no body) or POST a text body; None on 2xx, else why not."""
+    import urllib.error  # only when there is something to send (12 ms of every start)
+    import urllib.request
+
     headers = {"User-Agent": f"pyops/{__version__}"}
     data = None
     if body is not None:

@@ -19,9 +19,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
-
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 if TYPE_CHECKING:
     import psycopg
@@ -69,6 +68,14 @@ def database_of(parent: str, name: str) -> str | None:
     return database if child_name(parent, database) == name else None
 
 
+def _conninfo() -> ModuleType:
+    """psycopg.conninfo, imported when a dsn is read: a configuration of files and
+    SQLite targets never loads psycopg (a tenth of a second of every start)."""
+    import psycopg.conninfo
+
+    return psycopg.conninfo
+
+
 def child(parent: PostgresTarget, database: str) -> PostgresTarget:
     """The target of one database of an "all" target: everything inherited but the
     name and the dsn's dbname."""
@@ -77,7 +84,7 @@ def child(parent: PostgresTarget, database: str) -> PostgresTarget:
     return dataclasses.replace(
         parent,
         name=name,
-        dsn=make_conninfo(parent.dsn, dbname=database),
+        dsn=_conninfo().make_conninfo(parent.dsn, dbname=database),
         databases="",
         exclude=(),
     )
@@ -158,13 +165,13 @@ def unnamable_message(target: PostgresTarget, database: str, why: str) -> str:
 
 def server_of(dsn: str) -> tuple[str, str]:
     """(host, port) of a dsn: the key by which targets share a server."""
-    parts = conninfo_to_dict(dsn)
+    parts = _conninfo().conninfo_to_dict(dsn)
     host = str(parts.get("host") or parts.get("hostaddr") or "")
     return host, str(parts.get("port") or "5432")
 
 
 def dbname_of(dsn: str) -> str:
-    return str(conninfo_to_dict(dsn).get("dbname") or "")
+    return str(_conninfo().conninfo_to_dict(dsn).get("dbname") or "")
 
 
 def servers(targets: Iterable[PostgresTarget]) -> dict[tuple[str, str], list[PostgresTarget]]:
@@ -318,8 +325,6 @@ def expand_targets(app: App, targets: Sequence[Target]) -> Expanded:
     run never backs up nothing in silence; so does a server with nothing left to back
     up. A database without a child name is a warning, unless another target's dsn
     names it."""
-    import psycopg
-
     from pyops.errors import PyopsError
 
     out = Expanded()
@@ -327,6 +332,8 @@ def expand_targets(app: App, targets: Sequence[Target]) -> Expanded:
         if not is_all(t):
             out.targets.append(t)
             continue
+        import psycopg  # an "all" target: its server is asked
+
         try:
             listed = server_databases(t)  # type: ignore[arg-type]
         except (PyopsError, psycopg.Error) as exc:

@@ -16,13 +16,12 @@ import os
 import random
 import shlex
 import shutil
+import sys
 import time
 from dataclasses import MISSING, dataclass, field, fields, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-
-import psycopg
 
 from pyops import attachments, fleetindex
 from pyops.app import App
@@ -280,13 +279,19 @@ def _left_behind(result: DrillResult, leftover: str, cause: str) -> None:
     _warn(result, f"scratch NOT removed: {cause}")
 
 
+def _pg_error(exc: BaseException) -> bool:
+    """A psycopg error (psycopg is loaded only by PostgreSQL targets' drills)."""
+    psycopg = sys.modules.get("psycopg")
+    return psycopg is not None and isinstance(exc, psycopg.Error)
+
+
 def _cause(exc: BaseException) -> str:
     """An exception as the operator reads it: pyops' own messages as they are."""
     if isinstance(exc, PyopsError):
         return str(exc)
     if isinstance(exc, OSError):
         return os_error_message(exc)
-    if isinstance(exc, psycopg.Error):
+    if _pg_error(exc):
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return f"PostgreSQL: {first} ({type(exc).__name__})"
     return f"unexpected error: {type(exc).__name__}: {exc}"
@@ -366,7 +371,7 @@ def drill_target(
     except Exception as exc:
         result.error = _cause(exc)
         log.error("drill %s: FAILED: %s", target.name, result.error)
-        if not isinstance(exc, (PyopsError, OSError, psycopg.Error)):
+        if not isinstance(exc, (PyopsError, OSError)) and not _pg_error(exc):
             log.debug("drill %s: traceback", target.name, exc_info=exc)
     result.rto_s = round(result.fetch_s + result.cluster_s + result.restore_s + result.check_s, 3)
     for key in ("fetch_s", "cluster_s", "restore_s", "check_s"):
