@@ -106,13 +106,16 @@ def _run(fileobj: Readable, model: _Model, sink: Callable[[str], Sink] | None) -
 def _parts(member: str, path: str, what: str) -> tuple[str, ...]:
     """The components of a member name (or hard link target); refuses anything that is
     not a plain relative path."""
+    plain = path.split("/")
+    if "" not in plain and "." not in plain and ".." not in plain and "\x00" not in path:
+        return tuple(plain)  # the usual name: nothing to drop, nothing to refuse
     if not path:
         raise UnsafeArchive(member, f"empty {what}")
     if "\x00" in path:
         raise UnsafeArchive(member, f"NUL byte in {what}")
     if path.startswith("/"):
         raise UnsafeArchive(member, f"absolute {what} {path!r}")
-    parts = tuple(p for p in path.split("/") if p not in ("", "."))
+    parts = tuple(p for p in plain if p not in ("", "."))
     if ".." in parts:
         raise UnsafeArchive(member, f"'..' in {what} {path!r}")
     if not parts:

@@ -116,9 +116,18 @@ def _octal(field: bytes) -> int | None:
     """A numeric header field in the form both GNU tar and pyops read alike: leading
     spaces, octal digits, then only NULs or spaces (tar's `from_header` reads more)."""
     digits = field.lstrip(b" ").rstrip(b" \0")
-    if not digits or digits.strip(b"01234567"):
+    if not digits.isdigit():  # ASCII digits only, and at least one
         return None
-    return int(digits, 8)
+    try:
+        return int(digits, 8)
+    except ValueError:  # an 8 or a 9
+        return None
+
+
+def _field(block: bytes, start: int, end: int) -> bytes:
+    """A string field: up to its first NUL, as tar reads it."""
+    nul = block.find(b"\0", start, end)
+    return block[start : end if nul < 0 else nul]
 
 
 def _size(field: bytes) -> int | None:
@@ -288,9 +297,11 @@ class TarStream:
         longlink: bytes | None = None
         pax: dict[bytes, bytes] | None = None
         while True:
-            if not self._need(pos + BLOCK):
-                raise self._truncated(pos)
             off = pos - self._base
+            if off + BLOCK > len(self._buf):
+                if not self._need(pos + BLOCK):
+                    raise self._truncated(pos)
+                off = pos - self._base
             block = self._buf[off : off + BLOCK]
             if block == _ZEROS:
                 if pos != self._start:
@@ -339,11 +350,11 @@ class TarStream:
         if longname is not None:
             raw = longname
         else:
-            raw = block[:100].split(b"\0", 1)[0]
+            raw = _field(block, 0, 100)
             # tar joins the ustar prefix only for the POSIX magic ("ustar\0")
             if block[345] and block[257:263] == b"ustar\0":
-                raw = block[345:500].split(b"\0", 1)[0] + b"/" + raw
-        link = longlink if longlink is not None else block[157:257].split(b"\0", 1)[0]
+                raw = _field(block, 345, 500) + b"/" + raw
+        link = longlink if longlink is not None else _field(block, 157, 257)
         real = size
         if pax:
             try:
