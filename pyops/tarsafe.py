@@ -196,7 +196,7 @@ class _Model:
         self._tree: dict[str, int] = {}
         self._ids = 0  # 0 is the top of the archive
         # the directory of the last member, when it is at or below its root: its id
-        self._dir: tuple[tuple[str, ...], int, tuple[str, ...]] | None = None
+        self._dir: tuple[tuple[str, ...], int, tuple[str, ...], str] | None = None
 
     def _find(self, parts: tuple[str, ...]) -> tuple[int, int, str | None]:
         """How many leading components exist, the id of the last of them, and its kind."""
@@ -226,16 +226,18 @@ class _Model:
         cached = self._dir
         if cached is not None and cached[0] == parts[:-1]:
             # in the directory of the member before: a known directory below the root
-            _, node, root = cached
+            _, node, root, spelled = cached
             key = f"{node}/{parts[-1]}"
             entry = self._tree.get(key)
             if entry is not None:
                 kind_seen = self._KINDS[entry & 3]
                 why = f"would replace the {kind_seen} {name!r} earlier in the archive"
                 raise UnsafeArchive(name, why)
-            self._links(name, parts, kind, linkname, root)
-            self._add(node, parts[-1], kind)
-            return self.roots[root]
+            if kind in (_SYMLINK, _HARDLINK):
+                self._links(name, parts, kind, linkname, root)
+            self._ids += 1
+            self._tree[key] = self._ids << 2 | self._KINDS.index(kind)
+            return spelled
 
         root_or_none = next((r for r in self.roots if parts[: len(r)] == r), None)
         if root_or_none is None:
@@ -260,7 +262,7 @@ class _Model:
             node = self._add(node, comp, _DIR)
         self._add(node, parts[-1], kind)
         if len(parts) > len(root):
-            self._dir = (parts[:-1], node, root)
+            self._dir = (parts[:-1], node, root, self.roots[root])
         return self.roots[root]
 
     def _links(

@@ -319,6 +319,7 @@ class TarStream:
                 raise self._unreadable(pos, f"an extension header of {size} bytes")
             if not self._need(pos + BLOCK + _padded(size)):
                 raise self._truncated(pos)
+            off = pos - self._base  # (the buffer may have moved)
             data = self._buf[off + BLOCK : off + BLOCK + size]
             if typeflag == _PAX:
                 if pax is not None:

@@ -70,8 +70,14 @@ def sh(script: str) -> None:
 
 
 def pyops(cfg: Path, *args: str) -> None:
+    # as installed on an operator's machine: bytecode cached (a test harness may forbid it)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     proc = subprocess.run(
-        [PYOPS, "--config", str(cfg), "-q", *args], capture_output=True, text=True, check=False
+        [PYOPS, "--config", str(cfg), "-q", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
     )
     if proc.returncode != 0:
         raise SystemExit(f"pyops {' '.join(args)} failed: {proc.stdout}\n{proc.stderr[-3000:]}")
