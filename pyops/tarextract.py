@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -126,12 +127,29 @@ class Staging:
     def commit(self) -> None:
         """End every archive; once every tar succeeded, move each root into place."""
         for r in self._roots.values():
-            self.warnings += r.end()
+            self.warnings += [_warning(line, r) for line in r.end()]
         for r in self._roots.values():
             extracted = r.work / r.root
             if not os.path.lexists(extracted):
                 raise UnsafeArchive(r.root, "tar extracted nothing for this root")
             os.replace(extracted, r.dest)  # an empty directory at dest is replaced
+
+
+_XATTR_WARNING = re.compile(
+    r"Cannot set '(?P<attr>.*)' extended attribute for file '(?P<file>.*)': (?P<why>.*)$"
+)
+
+
+def _warning(line: str, r: _Root) -> str:
+    """tar's words for an attribute it could not set, as pyops says it, with the path
+    where the file now is (tar names it inside its private directory)."""
+    found = _XATTR_WARNING.search(line)
+    if found is None:
+        return line
+    file = found["file"]
+    if file == r.root or file.startswith(r.root + "/"):
+        file = str(r.dest) + file[len(r.root) :]
+    return f"{file}: extended attribute {found['attr']} not restored: {found['why']}"
 
 
 def _check_destination(dest: Path, root: str) -> None:
