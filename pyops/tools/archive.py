@@ -46,7 +46,9 @@ def tar_extract(directory: Path, as_root: bool) -> Stage:
     backups were made: GNU tar's own refusals kept (no --absolute-names, so no leading
     '/' and no '..'; symlinks that could lead out created last, as GNU tar always
     does), existing directories' metadata left alone, modes exact, owners by number and
-    only as root, extended attributes of every namespace and ACLs.
+    only as root, extended attributes of every namespace. POSIX ACLs come back as the
+    raw `system.posix_acl_*` attributes the backup keeps beside tar's text form;
+    --acls would set them a second time and costs a syscall or two per file.
 
     Only for a stream pyops checked member by member first (pyops.tarsafe)."""
     argv = (
@@ -61,7 +63,6 @@ def tar_extract(directory: Path, as_root: bool) -> Stage:
         "--same-owner" if as_root else "--no-same-owner",
         "--xattrs",
         "--xattrs-include=*",
-        "--acls",
     )
     # tar warns on stderr and exits 0 for an attribute it could not set: said, not silent
     return Stage("tar -x", argv, stderr_warns=True)
