@@ -168,6 +168,9 @@ def _symlink_problem(parts: tuple[str, ...], target: str, root: tuple[str, ...])
     return None
 
 
+_NOT_NAMES = ("", ".", "..")
+
+
 class _Model:
     """What the archive has put where so far, so a member that would land under a
     symlink or a file, replace an earlier member, or hard-link to anything but an
@@ -196,7 +199,7 @@ class _Model:
         self._tree: dict[str, int] = {}
         self._ids = 0  # 0 is the top of the archive
         # the directory of the last member, when it is at or below its root: its id
-        self._dir: tuple[tuple[str, ...], int, tuple[str, ...], str] | None = None
+        self._dir: tuple[str, int, str] | None = None
 
     def _find(self, parts: tuple[str, ...]) -> tuple[int, int, str | None]:
         """How many leading components exist, the id of the last of them, and its kind."""
@@ -222,23 +225,23 @@ class _Model:
     def check(self, name: str, kind: str, linkname: str) -> str:
         """Check one member against the roots and everything before it; raise
         UnsafeArchive, or record it and return its root as the caller spelled it."""
-        parts = _parts(name, name, "name")
         cached = self._dir
-        if cached is not None and cached[0] == parts[:-1]:
-            # in the directory of the member before: a known directory below the root
-            _, node, root, spelled = cached
-            key = f"{node}/{parts[-1]}"
-            entry = self._tree.get(key)
-            if entry is not None:
-                kind_seen = self._KINDS[entry & 3]
-                why = f"would replace the {kind_seen} {name!r} earlier in the archive"
-                raise UnsafeArchive(name, why)
-            if kind in (_SYMLINK, _HARDLINK):
-                self._links(name, parts, kind, linkname, root)
-            self._ids += 1
-            self._tree[key] = self._ids << 2 | self._KINDS.index(kind)
-            return spelled
+        if cached is not None and kind in (_FILE, _DIR):
+            parent, _, leaf = name.rpartition("/")
+            if parent == cached[0] and leaf not in _NOT_NAMES and "\x00" not in leaf:
+                # in the directory of the member before (a known directory below its
+                # root, spelled plainly): only the new name itself is looked up
+                key = f"{cached[1]}/{leaf}"
+                entry = self._tree.get(key)
+                if entry is not None:
+                    earlier = self._KINDS[entry & 3]
+                    why = f"would replace the {earlier} {name!r} earlier in the archive"
+                    raise UnsafeArchive(name, why)
+                self._ids += 1
+                self._tree[key] = self._ids << 2 | (0 if kind == _DIR else 1)
+                return cached[2]
 
+        parts = _parts(name, name, "name")
         root_or_none = next((r for r in self.roots if parts[: len(r)] == r), None)
         if root_or_none is None:
             listed = ", ".join(repr(r) for r in self.roots.values())
@@ -262,7 +265,7 @@ class _Model:
             node = self._add(node, comp, _DIR)
         self._add(node, parts[-1], kind)
         if len(parts) > len(root):
-            self._dir = (parts[:-1], node, root, self.roots[root])
+            self._dir = ("/".join(parts[:-1]), node, self.roots[root])
         return self.roots[root]
 
     def _links(

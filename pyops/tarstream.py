@@ -45,6 +45,7 @@ HARDLINK = "hard link"
 _KINDS = {ord("0"): FILE, 0: FILE, ord("7"): FILE, ord("5"): DIR, ord("2"): SYMLINK}
 _KINDS[ord("1")] = HARDLINK
 _LINKS = (SYMLINK, HARDLINK)
+_LINK_TYPES = (ord("1"), ord("2"))
 _WHY_NOT = {
     ord("3"): "a device node (a backup of application files never holds one)",
     ord("4"): "a device node (a backup of application files never holds one)",
@@ -291,7 +292,8 @@ class TarStream:
     def next(self) -> Header | None:
         """The next member, or None at the end-of-archive block (GNU tar stops at the
         first zero block too). Raises UnsafeArchive for a header that cannot be read."""
-        self._settle()
+        if self._end is not None:
+            self._settle()
         pos = self._start
         longname: bytes | None = None
         longlink: bytes | None = None
@@ -355,7 +357,9 @@ class TarStream:
             # tar joins the ustar prefix only for the POSIX magic ("ustar\0")
             if block[345] and block[257:263] == b"ustar\0":
                 raw = _field(block, 345, 500) + b"/" + raw
-        link = longlink if longlink is not None else _field(block, 157, 257)
+        link = longlink
+        if link is None:
+            link = _field(block, 157, 257) if block[156] in _LINK_TYPES else b""
         real = size
         if pax:
             try:
