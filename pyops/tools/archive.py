@@ -63,6 +63,7 @@ def tar_extract(directory: Path, as_root: bool) -> Stage:
         "--same-owner" if as_root else "--no-same-owner",
         "--xattrs",
         "--xattrs-include=*",
+        "--warning=no-timestamp",  # an mtime in the future is restored as it was, quietly
     )
     # tar warns on stderr and exits 0 for an attribute it could not set: said, not silent
     return Stage("tar -x", argv, stderr_warns=True)
