@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
 
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
 if TYPE_CHECKING:
     import psycopg
 
@@ -70,8 +72,6 @@ def database_of(parent: str, name: str) -> str | None:
 def child(parent: PostgresTarget, database: str) -> PostgresTarget:
     """The target of one database of an "all" target: everything inherited but the
     name and the dsn's dbname."""
-    from psycopg.conninfo import make_conninfo  # (psycopg costs every command 0.1 s)
-
     name = child_name(parent.name, database)
     assert name is not None, f"{database!r} cannot be named under {parent.name}"
     return dataclasses.replace(
@@ -158,16 +158,12 @@ def unnamable_message(target: PostgresTarget, database: str, why: str) -> str:
 
 def server_of(dsn: str) -> tuple[str, str]:
     """(host, port) of a dsn: the key by which targets share a server."""
-    from psycopg.conninfo import conninfo_to_dict
-
     parts = conninfo_to_dict(dsn)
     host = str(parts.get("host") or parts.get("hostaddr") or "")
     return host, str(parts.get("port") or "5432")
 
 
 def dbname_of(dsn: str) -> str:
-    from psycopg.conninfo import conninfo_to_dict
-
     return str(conninfo_to_dict(dsn).get("dbname") or "")
 
 
