@@ -10,7 +10,7 @@ or a refused member, the tars are stopped and the directories removed: nothing i
 moved into place.
 
 tar itself refuses what it would refuse anyway (no --absolute-names: no leading '/',
-no '..'; symlinks leading out are created last, as GNU tar always does), leaves
+no '..'; symlinks that could lead out are created last, as GNU tar always does), leaves
 existing directories' metadata alone (--no-overwrite-dir), and restores owners only as
 root (by number, as they were archived).
 """
@@ -28,7 +28,7 @@ from pathlib import Path
 from types import TracebackType
 
 from pyops.errors import StageFailed
-from pyops.execute import PIPE, Running, start
+from pyops.execute import DEVNULL, PIPE, Running, start
 from pyops.tarstream import RECORD, Sink, UnsafeArchive
 from pyops.tools import archive
 
@@ -45,7 +45,7 @@ class _Root:
         self.written = 0
         try:
             self.running = start(
-                [archive.tar_extract(self.work, os.geteuid() == 0)], stdin=PIPE, stdout=None
+                [archive.tar_extract(self.work, os.geteuid() == 0)], stdin=PIPE, stdout=DEVNULL
             )
         except BaseException:
             shutil.rmtree(self.work, ignore_errors=True)
