@@ -58,6 +58,9 @@ class Stage:
     pass_fds: tuple[int, ...] = ()
     cwd: str | None = None
     ok_codes: tuple[int, ...] = (0,)
+    # what it writes to stderr is warnings even when it exits 0 (tar -x: an extended
+    # attribute it could not set): collected into Running.warnings
+    stderr_warns: bool = False
 
     def __str__(self) -> str:
         return shlex.join(self.argv)
@@ -181,8 +184,8 @@ class Running:
                 i, rc = root_cause(failed)
                 raise StageFailed(self.stages[i].name, rc, _tail(self.errs[i]))
             for stage, err, rc in zip(self.stages, self.errs, codes, strict=True):
-                if rc != 0:  # an accepted non-zero status: the tool warned (tar: exit 1)
-                    self.warnings += _lines(err, stage.name)
+                if rc != 0 or stage.stderr_warns:  # an accepted non-zero status: the
+                    self.warnings += _lines(err, stage.name)  # tool warned (tar: exit 1)
                 text = _tail(err)
                 if text:
                     log.debug("%s said: %s", stage.name, text)

@@ -103,12 +103,15 @@ def verify_one(
             raise VerifyFailed(f"{manifest.id}: artifact {backup.artifact_key} is missing")
         if deep_ and manifest.encrypted:  # the key opens it: say so before a long read
             app.codec.probe_decrypt(catalog.head(backup, HEAD), manifest.id)
-        if deep_ and remote:
-            deep(app, manifest, catalog.chunks(backup))  # one pass over the network
+        if deep_:
+            try:
+                deep(app, manifest, catalog.chunks(backup))  # one pass: the sha256 on the way
+            except VerifyFailed:
+                if not remote:  # a damaged artifact fails to decode first: say it is damaged
+                    stream.checksum(manifest, catalog.chunks(backup))
+                raise
         else:
             stream.checksum(manifest, catalog.chunks(backup))
-            if deep_:
-                deep(app, manifest, catalog.chunks(backup))
         for kind in manifest.attachments:  # small: checksummed, and decoded when deep
             if deep_:
                 attachments.read(catalog, backup, kind, app.codec)

@@ -234,3 +234,5 @@ def test_what_cannot_be_restored_is_said(tmp_path: Path) -> None:
     assert os.getxattr(dest / "data" / "file.txt", "user.ok") == b"y"
     (warning,) = tally.warnings
     assert "bogus.attr" in warning and "file.txt" in warning
+    # where the file is now, as the operators' guide shows it
+    assert warning.startswith(f"{dest / 'data' / 'file.txt'}: extended attribute bogus.attr ")

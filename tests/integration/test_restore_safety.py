@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fixtures import tarcraft
 from fixtures.gpgkeys import GpgKey, cleanup_home, public_only_home
 from integration_helpers import (
     Pyops,
@@ -247,13 +248,14 @@ def plant(
     pyops: Pyops,
     shape: Shape,
     paths: list[Path],
-    members: list[tuple[tarfile.TarInfo, bytes | None]],
+    members: list[tuple[tarfile.TarInfo, bytes | None]] | bytes,
     n: int = 0,
 ) -> str:
-    """Put `members` in the repository as a complete backup: artifact and a manifest of
-    the shape pyops writes, with the correct size, sha256, source paths and content
-    facts, so only the archive's members can give it away."""
-    archive = write_tar(members)
+    """Put `members` (or an archive crafted byte by byte) in the repository as a
+    complete backup: artifact and a manifest of the shape pyops writes, with the
+    correct size, sha256, source paths and content facts, so only the archive's
+    members can give it away."""
+    archive = members if isinstance(members, bytes) else write_tar(members)
     bid = shape.id if n == 0 else f"media.daily.2020010{n}T000000Z"
     directory = pyops.repo / "media" / "daily"
     directory.mkdir(parents=True, exist_ok=True)
@@ -261,11 +263,12 @@ def plant(
     manifest["id"] = bid
     manifest["artifact"]["name"] = shape.artifact_name.replace(shape.id, bid)
     (directory / manifest["artifact"]["name"]).write_bytes(archive)
-    regular = [info for info, _ in members if info.isreg()]
     manifest["artifact"]["bytes"] = len(archive)
     manifest["artifact"]["sha256"] = hashlib.sha256(archive).hexdigest()
     manifest["source"]["paths"] = [str(p) for p in paths]
-    manifest["content"] = {"files": len(regular), "bytes": sum(i.size for i in regular)}
+    if not isinstance(members, bytes):
+        regular = [info for info, _ in members if info.isreg()]
+        manifest["content"] = {"files": len(regular), "bytes": sum(i.size for i in regular)}
     pyops.save_manifest(bid, manifest)
     return bid
 
@@ -337,3 +340,90 @@ def test_hostile_archives_fail_deep_verify(pyops: Pyops, real_files_manifest: Sh
     lines = dict(line.split(": ", 1) for line in deep.stdout.splitlines())
     for attack, bid in ids.items():
         assert lines[bid].startswith("FAILED") and "refused" in lines[bid], (attack, output(deep))
+
+
+# --- headers GNU tar could read differently from pyops ------------------------------
+
+
+def header_attacks(root: Path, outside: Path) -> dict[str, bytes]:
+    """Archives whose escaping member hides where only a parser that reads headers
+    differently from GNU tar (the extractor behind pyops) would miss it."""
+    r = os.fsencode(root.relative_to("/"))
+    out = os.fsencode(outside)
+    start = tarcraft.member(r, typeflag=b"5", mode=0o755) + tarcraft.member(
+        r + b"/index.html", b"<h1>crafted</h1>\n"
+    )
+    hidden = tarcraft.header(out + b"/pwned", size=5) + b"owned".ljust(512, b"\0")
+    sparse_map = b"1\n0\n4096\n".ljust(512, b"\0")
+    return {
+        "pax-path-escapes": tarcraft.archive(
+            start, tarcraft.pax((b"path", out + b"/pwned")), tarcraft.member(r + b"/ok", b"x")
+        ),
+        "pax-keyword-with-nul": tarcraft.archive(
+            start, tarcraft.pax((b"path\0x", out + b"/pwned")), tarcraft.member(r + b"/ok", b"x")
+        ),
+        "pax-size-hides-a-member": tarcraft.archive(
+            start, tarcraft.pax((b"size", b"0")), tarcraft.member(r + b"/f", hidden)
+        ),
+        "symlink-with-data": tarcraft.archive(
+            start, tarcraft.member(r + b"/l", hidden, b"2", linkname=b"index.html")
+        ),
+        "long-name-escapes": tarcraft.archive(
+            start, tarcraft.long_name(r + b"/../../../" + out + b"/pwned"), tarcraft.member(b"x")
+        ),
+        "long-link-to-passwd": tarcraft.archive(
+            start, tarcraft.long_name(b"/etc/passwd", b"K"), tarcraft.member(r + b"/p", b"", b"1")
+        ),
+        "bad-checksum": tarcraft.archive(
+            start, tarcraft.member(out + b"/pwned", b"x", chksum=b"0000000\0")
+        ),
+        "sparse-map-claims-too-much": tarcraft.archive(
+            start,
+            tarcraft.pax(
+                (b"GNU.sparse.major", b"1"),
+                (b"GNU.sparse.minor", b"0"),
+                (b"GNU.sparse.realsize", b"4096"),
+            ),
+            tarcraft.member(r + b"/s", sparse_map + hidden),
+        ),
+    }
+
+
+HEADER_ATTACKS = list(header_attacks(Path("/r"), Path("/o")))
+
+
+@pytest.mark.parametrize("attack", HEADER_ATTACKS)
+def test_crafted_headers_are_refused_by_restore_and_deep_verify(
+    pyops: Pyops, real_files_manifest: Shape, attack: str
+) -> None:
+    site = pyops.root / "site"
+    media = site / "media"
+    media.mkdir(parents=True)
+    (media / "index.html").write_text("<h1>live</h1>\n")
+    outside = site / "outside"
+    outside.mkdir()
+    pyops.write(compression("none") + files_target("media", [media]))
+    bid = plant(pyops, real_files_manifest, [media], header_attacks(media, outside)[attack])
+    everything_before = all_paths(pyops.root)
+    passwd = os.stat("/etc/passwd")
+    dest = pyops.root / "dest"
+
+    deep = pyops.run("verify", "--deep", bid)
+    assert deep.returncode == 1 and "refused" in deep.stdout + deep.stderr, output(deep)
+
+    proc = pyops.run("restore", bid, "--into", str(dest), "--yes")
+    assert proc.returncode == 1 and "refused" in proc.stderr, output(proc)
+    allowed = (
+        os.fsencode(pyops.repo / ".pyops"),
+        os.fsencode(pyops.repo / ".lock"),
+    )
+    new = {p for p in all_paths(pyops.root) - everything_before if not p.startswith(allowed)}
+    assert new == set(), "nothing is left, not even in the destination"
+    assert list(outside.iterdir()) == []
+    assert os.stat("/etc/passwd").st_nlink == passwd.st_nlink
+
+    live_before = tree_snapshot(site)
+    in_place = pyops.run("restore", bid, "--yes", "--no-safety-backup")
+    assert in_place.returncode == 1 and "refused" in in_place.stderr, output(in_place)
+    assert tree_snapshot(site) == live_before
+    assert sorted(p.name for p in site.iterdir()) == ["media", "outside"]

@@ -377,6 +377,27 @@ def test_tar_create() -> None:
     assert stage.ok_codes == (0, 1)
 
 
+def test_tar_extract_keeps_tars_own_refusals_and_restores_owners_only_as_root() -> None:
+    for as_root, owner in ((True, "--same-owner"), (False, "--no-same-owner")):
+        stage = archive.tar_extract(Path("/srv/.media.pyops-tar-x"), as_root)
+        assert stage.argv == (
+            "tar",
+            "--extract",
+            "--file=-",
+            "--read-full-records",
+            "--directory=/srv/.media.pyops-tar-x",
+            "--no-overwrite-dir",
+            "--preserve-permissions",
+            "--numeric-owner",
+            owner,
+            "--xattrs",
+            "--xattrs-include=*",
+            "--warning=no-timestamp",
+        )
+        assert stage.stderr_warns and stage.ok_codes == (0,)
+        assert not any(a.startswith(("--absolute-names", "-P", "--overwrite")) for a in stage.argv)
+
+
 def test_tar_create_names_are_relative_to_root_even_if_they_look_like_options() -> None:
     stage = archive.tar_create((Path("/--checkpoint-action=exec=sh"),), (), Path("/i"))
     assert stage.argv[-2:] == ("--", "--checkpoint-action=exec=sh")
