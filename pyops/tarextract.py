@@ -132,7 +132,30 @@ class Staging:
             extracted = r.work / r.root
             if not os.path.lexists(extracted):
                 raise UnsafeArchive(r.root, "tar extracted nothing for this root")
-            os.replace(extracted, r.dest)  # an empty directory at dest is replaced
+            _made_as_checked(extracted, r.root)
+        for r in self._roots.values():
+            os.replace(r.work / r.root, r.dest)  # an empty directory at dest is replaced
+
+
+def _made_as_checked(extracted: Path, root: str) -> None:
+    """What tar made is what the check allowed: the root a directory or a regular file,
+    and, where tar can make them (as root), no device node or FIFO anywhere in it. The
+    check reads every header as tar does; this catches a difference in how they read
+    one before anything moves into place."""
+    mode = os.lstat(extracted).st_mode
+    if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+        raise UnsafeArchive(root, "tar made something other than the directory or file checked")
+    if not stat.S_ISDIR(mode) or os.geteuid() != 0:
+        return
+    pending = [str(extracted)]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
+                elif not (entry.is_file(follow_symlinks=False) or entry.is_symlink()):
+                    inside = root + entry.path[len(str(extracted)) :]
+                    raise UnsafeArchive(inside, "tar made a special file the check never saw")
 
 
 _XATTR_WARNING = re.compile(

@@ -118,6 +118,9 @@ def _parts(member: str, path: str, what: str) -> tuple[str, ...]:
     parts = tuple(p for p in plain if p not in ("", "."))
     if ".." in parts:
         raise UnsafeArchive(member, f"'..' in {what} {path!r}")
+    inner = plain[next((i for i, p in enumerate(plain) if p not in ("", ".")), len(plain)) :]
+    if "." in inner:  # `x/.` is `x` to pyops, but tar makes a directory of it and fails
+        raise UnsafeArchive(member, f"'.' inside {what} {path!r}")
     if not parts:
         raise UnsafeArchive(member, f"empty {what} {path!r}")
     return parts

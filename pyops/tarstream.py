@@ -52,6 +52,15 @@ _WHY_NOT = {
     ord("6"): "a FIFO (a backup of application files never holds one)",
 }
 _PAX, _LONGNAME, _LONGLINK = ord("x"), ord("L"), ord("K")
+# the two formats GNU tar writes (--format=posix, pyops' since it keeps xattrs; gnu, its
+# default, which older pyops wrote); tar reads some fields by the magic (a sparse
+# member's data under another magic is skipped by its real size: headers hidden in it)
+POSIX_MAGIC, GNU_MAGIC = b"ustar\x0000", b"ustar  \x00"
+_MAGIC = slice(257, 265)
+# numeric fields tar parses for every member (mode, uid, gid, mtime): one it cannot
+# read fails the extraction after the check passed
+_NUMERIC = ((slice(100, 108), "mode"), (slice(108, 116), "uid"), (slice(116, 124), "gid"))
+_MTIME = slice(136, 148)
 
 # pax keywords pyops' backups and tarfile write; anything else is refused
 _KEYWORDS = frozenset(
@@ -203,6 +212,7 @@ class TarStream:
         self.sink: Sink | None = None
         self.last: str | None = None  # the last member returned, for messages
         self.read_any = False
+        self._magic: bytes | None = None  # the archive's format, from its first header
 
     # --- buffer -------------------------------------------------------------------
 
@@ -289,6 +299,21 @@ class TarStream:
             None, f"the archive is truncated at byte {pos}{after} (no end-of-archive marker)"
         )
 
+    def _check_format(self, pos: int, block: bytes) -> None:
+        """One format for the whole archive, POSIX or GNU, and numeric fields tar reads."""
+        magic = block[_MAGIC]
+        if self._magic is None:
+            if magic not in (POSIX_MAGIC, GNU_MAGIC):
+                raise self._unreadable(pos, f"neither a POSIX nor a GNU tar header ({magic!r})")
+            self._magic = magic
+        elif magic != self._magic:
+            raise self._unreadable(pos, f"a header of another tar format ({magic!r})")
+        for field, what in _NUMERIC:
+            if _size(block[field]) is None:
+                raise self._unreadable(pos, f"{what} field {block[field]!r}")
+        if _size(block[_MTIME]) is None and block[_MTIME][0] != 0xFF:  # 0xFF: negative
+            raise self._unreadable(pos, f"mtime field {block[_MTIME]!r}")
+
     def next(self) -> Header | None:
         """The next member, or None at the end-of-archive block (GNU tar stops at the
         first zero block too). Raises UnsafeArchive for a header that cannot be read."""
@@ -311,10 +336,13 @@ class TarStream:
                 return None
             if not _checksum_ok(block):
                 raise self._unreadable(pos, "bad checksum")
+            self._check_format(pos, block)
             size = _size(block[124:136])
             if size is None:
                 raise self._unreadable(pos, f"size field {block[124:136]!r}")
             typeflag = block[156]
+            if typeflag == _PAX and self._magic != POSIX_MAGIC:
+                raise self._unreadable(pos, "a pax header in a GNU-format archive")
             if typeflag not in (_PAX, _LONGNAME, _LONGLINK):
                 break
             if size > MAX_EXTENSION:

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from pyops.errors import PyopsError
 from pyops.execute import Stage
 
 
@@ -123,6 +124,8 @@ def take_over_metadata(live: Path, restored: Path) -> None:
     import os
 
     st = live.stat()
+    if restored.is_symlink():  # never hand a link's target the live copy's owner
+        raise PyopsError(f"{restored} is a symlink: not taking over the live copy's owner")
     os.chmod(restored, st.st_mode & 0o7777)
     if os.geteuid() == 0:
-        os.chown(restored, st.st_uid, st.st_gid)
+        os.chown(restored, st.st_uid, st.st_gid, follow_symlinks=False)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from fixtures.tarcraft import OLDGNU, archive, header, long_name, member, pax, record
 
+from pyops import tarextract
 from pyops.tarsafe import Tally, UnsafeArchive, extract, scan
 
 ROOT = "srv/app/media"
@@ -296,7 +297,10 @@ def _tar_t(data: bytes) -> list[str]:
 def test_the_ustar_prefix_is_joined_only_for_the_posix_magic(tmp_path: Path) -> None:
     posix = archive(_dir(R), member(b"p.txt", b"posix\n", prefix=R))
     # OLDGNU keeps times where the prefix would be: tar does not join it, nor does pyops
-    oldgnu = archive(_dir(R), member(R + b"/g.txt", b"gnu\n", magic=OLDGNU, prefix=b"junk"))
+    oldgnu = archive(
+        member(R, typeflag=b"5", mode=0o755, magic=OLDGNU),
+        member(R + b"/g.txt", b"gnu\n", magic=OLDGNU, prefix=b"junk"),
+    )
     assert _tar_t(posix)[-1] == f"{ROOT}/p.txt"
     assert _tar_t(oldgnu)[-1] == f"{ROOT}/g.txt"
     for data, name, body in ((posix, "p.txt", b"posix\n"), (oldgnu, "g.txt", b"gnu\n")):
@@ -382,3 +386,76 @@ def test_a_member_split_across_reads_is_handed_on_whole(tmp_path: Path) -> None:
     assert (tmp_path / ROOT / "after").read_bytes() == b"after"
     assert (tmp_path / ROOT / "f2999").read_bytes() == b"2999"
     assert (tmp_path / ROOT / ("p" * 120 + "0499")).read_bytes() == b"499"
+
+
+def _sparse_carrier(name: bytes, hidden: bytes, magic: bytes, real: int = 512) -> bytes:
+    """A GNU sparse 1.0 member whose stored data holds `hidden` (headers, to tar)."""
+    smap = (b"1\n0\n%d\n" % real).ljust(512, b"\0")
+    data = smap + hidden.ljust(-(-max(len(hidden), real) // 512) * 512, b"\0")
+    return (
+        pax(
+            (b"GNU.sparse.major", b"1"),
+            (b"GNU.sparse.minor", b"0"),
+            (b"GNU.sparse.name", name),
+            (b"GNU.sparse.realsize", str(real).encode()),
+        )
+        + header(b"GNUSparseFile.0/x", b"0", len(data), magic=magic)
+        + data
+    )
+
+
+@pytest.mark.parametrize("magic", [b"\0" * 8, OLDGNU], ids=["no-magic", "gnu-magic"])
+def test_a_sparse_member_of_another_format_cannot_hide_headers_from_the_check(
+    tmp_path: Path, magic: bytes
+) -> None:
+    """tar skips such a member's data by its real size, and reads the rest as headers:
+    a symlink out replacing the root, here, that the check never saw."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    hidden = header(R, b"2", 0, linkname=os.fsencode(outside))
+    data = archive(_dir(R), _sparse_carrier(R + b"/carrier", hidden, magic))
+    dest = tmp_path / "dest"
+    for run in (
+        lambda: scan(io.BytesIO(data), ROOTS),
+        lambda: extract(io.BytesIO(data), ROOTS, _into(dest)),
+    ):
+        with pytest.raises(UnsafeArchive, match=r"another tar format|neither a POSIX nor a GNU"):
+            run()
+    # at most the parents of the destination, made for tar's private directory
+    assert [p for p in dest.rglob("*") if not p.is_dir() or p.is_symlink()] == []
+    assert not (dest / ROOT).exists()
+    assert list(outside.iterdir()) == []
+
+
+def test_one_format_per_archive_and_numeric_fields_tar_can_read(tmp_path: Path) -> None:
+    gnu_pax = archive(
+        member(R, typeflag=b"5", mode=0o755, magic=OLDGNU),
+        pax((b"path", R + b"/p.txt")),
+        member(R + b"/x.txt", b"x\n", magic=OLDGNU),
+    )
+    with pytest.raises(UnsafeArchive, match="another tar format"):
+        scan(io.BytesIO(gnu_pax), ROOTS)
+    bad = bytearray(member(R + b"/m.txt", b"abc"))
+    bad[100:108] = b"0x00644\0"
+    bad[148:156] = b" " * 8
+    bad[148:156] = b"%06o\0 " % sum(bad[:512])
+    with pytest.raises(UnsafeArchive, match="mode field"):
+        scan(io.BytesIO(archive(_dir(R), bytes(bad))), ROOTS)
+    with pytest.raises(UnsafeArchive, match=r"'\.' inside"):
+        scan(io.BytesIO(archive(_dir(R), member(R + b"/x/.", typeflag=b"5"))), ROOTS)
+
+
+def test_what_tar_made_is_checked_before_it_moves_into_place(tmp_path: Path) -> None:
+    """Defence in depth, should the two readings of a header ever differ again: a root
+    tar made as a symlink, or (as root) a FIFO inside it, never moves into place."""
+    made = tmp_path / "made"
+    made.mkdir()
+    tarextract._made_as_checked(made, "srv/app")  # a plain directory passes
+    os.mkfifo(made / "fifo")
+    if os.geteuid() == 0:
+        with pytest.raises(UnsafeArchive, match="special file the check never saw"):
+            tarextract._made_as_checked(made, "srv/app")
+    link = tmp_path / "link"
+    link.symlink_to(made)
+    with pytest.raises(UnsafeArchive, match="other than the directory or file checked"):
+        tarextract._made_as_checked(link, "srv/app")
