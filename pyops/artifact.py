@@ -10,12 +10,15 @@ from pathlib import Path
 
 from pyops.errors import PyopsError
 from pyops.fsutil import fsync_dir, temp_name
+from pyops.growing import GrowingFile
 
 CHUNK = 1 << 20
 
 
 class ArtifactWriter:
-    """Receives the encoded stream; `commit` makes it visible, `abort` removes every byte."""
+    """Receives the encoded stream; `commit` makes it visible, `abort` removes every byte.
+    `follow()` hands out the temp file as a GrowingFile that this writer keeps told of
+    its progress (an upload reading it while it is written)."""
 
     def __init__(self, final: Path) -> None:
         self.final = final
@@ -23,6 +26,12 @@ class ArtifactWriter:
         self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         self.hash = hashlib.sha256()
         self.bytes = 0
+        self.growing: GrowingFile | None = None
+
+    def follow(self) -> GrowingFile:
+        if self.growing is None:
+            self.growing = GrowingFile(self.temp)
+        return self.growing
 
     def write(self, chunk: bytes) -> None:
         self.hash.update(chunk)
@@ -33,6 +42,8 @@ class ArtifactWriter:
         except OSError as exc:
             raise disk_error(exc, self.final) from None
         self.bytes += len(chunk)
+        if self.growing is not None:
+            self.growing.grew(self.bytes)
 
     def commit(self) -> tuple[int, str]:
         try:
@@ -43,9 +54,14 @@ class ArtifactWriter:
         self.fd = -1
         os.replace(self.temp, self.final)
         fsync_dir(self.final.parent)
-        return self.bytes, self.hash.hexdigest()
+        sha = self.hash.hexdigest()
+        if self.growing is not None:
+            self.growing.finish(self.bytes, sha)
+        return self.bytes, sha
 
     def abort(self) -> None:
+        if self.growing is not None:
+            self.growing.fail(f"the backup into {self.final.name} failed or was aborted")
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

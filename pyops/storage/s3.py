@@ -27,6 +27,7 @@ from typing import Any
 
 from pyops.config import OffsiteConfig
 from pyops.errors import ConfigError
+from pyops.growing import GrowingFile
 from pyops.storage import (
     ChecksumMismatch,
     NotFound,
@@ -35,11 +36,14 @@ from pyops.storage import (
     StoreError,
     check_key,
 )
+from pyops.throttle import Throttle
 
 log = logging.getLogger(__name__)
 
 MIN_PART = 8 << 20
 MAX_PARTS = 9000  # S3 allows 10,000; leave room
+GROWTH_STEP = 1000  # a growing file's parts double in size every this many parts
+COPY_PART = 256 << 20  # server-side copy ranges: each call well inside the read timeout
 DOWNLOAD_CHUNK = 1 << 20
 
 
@@ -55,6 +59,15 @@ def part_size(total: int) -> int:
     need = -(-total // MAX_PARTS)
     size = max(MIN_PART, need)
     return -(-size // (1 << 20)) * (1 << 20)
+
+
+def growing_part_sizes() -> Iterator[int]:
+    """Part sizes for a file of unknown final size: 8 MiB, doubling every 1,000 parts,
+    so 9,000 parts hold ~4 TiB (past S3's 5 TiB object limit with the 10,000th)."""
+    number = 0
+    while True:
+        yield MIN_PART << min(number // GROWTH_STEP, 9)
+        number += 1
 
 
 def b64sha256(data: bytes | memoryview) -> str:
@@ -104,6 +117,7 @@ class S3Store:
         self.config = config
         self.root = root if not root or root.endswith("/") else f"{root}/"
         self.client = client or self._client()
+        self.throttle = Throttle(config.max_upload_rate)  # every byte pyops sends
 
     def _client(self) -> Any:
         import boto3
@@ -169,8 +183,8 @@ class S3Store:
             "endpoint_url and credentials; local backups stay and `pyops sync` uploads them"
         )
 
-    def _object_args(self, sha256: str) -> dict[str, Any]:
-        args: dict[str, Any] = {"Metadata": {"sha256": sha256}}
+    def _object_args(self, sha256: str | None) -> dict[str, Any]:
+        args: dict[str, Any] = {"Metadata": {"sha256": sha256} if sha256 else {}}
         if self.config.storage_class:
             args["StorageClass"] = self.config.storage_class
         if self.config.sse == "AES256":
@@ -283,30 +297,48 @@ class S3Store:
 
         self._multipart(key, sha256, parts(), progress)
 
+    def put_growing(self, key: str, source: GrowingFile, progress: Progress = None) -> None:
+        """Multipart upload of a file still being written: each part is sent as soon as
+        the writer has written it whole, read from disk like put_file's (flat memory,
+        whatever the lag); completed only once the writer has finished and the bytes
+        read have the sha256 it computed. S3 takes metadata when an upload starts,
+        before the sha256 is known: the completed object gets it by a server-side copy
+        onto itself (`_reseal`), no byte crossing the uplink twice."""
+
+        def parts() -> Iterator[tuple[int, Any, int]]:
+            for offset, length in source.ranges(growing_part_sizes()):
+                yield offset, PartReader(source.fd, offset, length), length
+
+        self._multipart(key, lambda: source.sha256, parts(), progress)
+
     def _multipart(
         self,
         key: str,
-        sha256: str,
+        sha256: str | Callable[[], str],
         parts: Iterator[tuple[int, Any, int]],
         progress: Progress,
     ) -> None:
+        """`sha256`: the whole object's, or (a growing source) what says it once every
+        part has been read."""
         name = self.name(key)
+        known = sha256 if isinstance(sha256, str) else None
         created = self._call(
             f"upload of {name}",
             self.client.create_multipart_upload,
             Key=name,
             ChecksumAlgorithm="SHA256",
-            **self._object_args(sha256),
+            **self._object_args(known),
         )
         upload_id = created["UploadId"]
         try:
             whole, total, sent = self._send_parts(name, upload_id, parts, progress)
-            if whole != sha256:
+            expected = known or sha256()  # type: ignore[operator]
+            if whole != expected:
                 raise ChecksumMismatch(
                     f"upload of {name}: the bytes read have sha256 {whole[:16]}..., the "
-                    f"manifest says {sha256[:16]}...: the local file changed; not completed"
+                    f"manifest says {expected[:16]}...: the local file changed; not completed"
                 )
-            self._call(
+            done = self._call(
                 f"upload of {name}",
                 self.client.complete_multipart_upload,
                 Key=name,
@@ -316,8 +348,77 @@ class S3Store:
         except BaseException:
             self.abort(name, upload_id)
             raise
-        self._confirm(key, total, sha256)
+        if known is None:
+            self._reseal(name, total, expected, done.get("VersionId"))
+        self._confirm(key, total, expected)
         self._lock(name)
+
+    def _reseal(self, name: str, size: int, sha256: str, version: str | None) -> None:
+        """Copy the object just completed onto itself (server-side, in ranges) with its
+        sha256 in the metadata; then drop the version without it. Any failure removes
+        the object: no object without its sha256 is left."""
+        source: dict[str, str] = {"Bucket": self.config.bucket, "Key": name}
+        if version:
+            source["VersionId"] = version
+        try:
+            if size == 0:
+                self._call(
+                    f"upload of {name}",
+                    self.client.put_object,
+                    Key=name,
+                    Body=b"",
+                    ChecksumAlgorithm="SHA256",
+                    ChecksumSHA256=b64sha256(b""),
+                    **self._object_args(sha256),
+                )
+            else:
+                self._copy_onto_itself(name, size, sha256, source)
+        except BaseException:
+            self._drop(name, version)  # the copy without its sha256 (unversioned: the object)
+            raise
+        if version:
+            self._drop(name, version)
+
+    def _copy_onto_itself(self, name: str, size: int, sha256: str, source: dict[str, str]) -> None:
+        created = self._call(
+            f"copy of {name}",
+            self.client.create_multipart_upload,
+            Key=name,
+            **self._object_args(sha256),
+        )
+        upload_id = created["UploadId"]
+        try:
+            parts = []
+            for number, start in enumerate(range(0, size, COPY_PART), start=1):
+                end = min(size, start + COPY_PART) - 1
+                answer = self._call(
+                    f"copy of {name} (part {number})",
+                    self.client.upload_part_copy,
+                    Key=name,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    CopySource=source,
+                    CopySourceRange=f"bytes={start}-{end}",
+                )
+                parts.append({"PartNumber": number, "ETag": answer["CopyPartResult"]["ETag"]})
+            self._call(
+                f"copy of {name}",
+                self.client.complete_multipart_upload,
+                Key=name,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        except BaseException:
+            self.abort(name, upload_id)
+            raise
+
+    def _drop(self, name: str, version: str | None) -> None:
+        """Best effort: delete (a version of) an object pyops just wrote."""
+        extra = {"VersionId": version} if version else {}
+        try:
+            self._call(f"delete of {name}", self.client.delete_object, Key=name, **extra)
+        except StoreError as exc:
+            log.warning("could not delete %s (%s): %s", name, version or "latest", exc)
 
     def _send_parts(
         self,
@@ -369,6 +470,7 @@ class S3Store:
                     break
                 part_hash = hashlib.sha256()
                 while chunk := body.read(DOWNLOAD_CHUNK):
+                    self.throttle.take(len(chunk))  # max_upload_rate, over the parts sent
                     part_hash.update(chunk)
                     whole.update(chunk)
                 body.seek(0)
@@ -428,6 +530,7 @@ class S3Store:
         """A small object: one PUT with its checksum (object lock needs one)."""
         name = self.name(key)
         sha = hashlib.sha256(data).hexdigest()
+        self.throttle.take(len(data))
         self._call(
             f"upload of {name}",
             self.client.put_object,
