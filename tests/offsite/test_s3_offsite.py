@@ -198,9 +198,12 @@ def test_large_artifact_goes_up_in_parts_with_flat_memory(tmp_path: Path, s3: S3
     # multipart; uploaded while written, in 8 MiB parts (tests/offsite/test_overlap.py
     # watches them go), then given its sha256 by a server-side copy in 256 MiB ranges
     assert head["ETag"].strip('"').endswith(tuple(f"-{n}" for n in range(1, 100)))
-    assert head["Metadata"]["sha256"] == json.loads(
-        next((tmp_path / "repo").rglob("*.manifest.json")).read_text()
-    )["artifact"]["sha256"]
+    assert (
+        head["Metadata"]["sha256"]
+        == json.loads(next((tmp_path / "repo").rglob("*.manifest.json")).read_text())["artifact"][
+            "sha256"
+        ]
+    )
     assert peak_kib < 100 * 1024, f"pyops peaked at {peak_kib} KiB"
 
 
