@@ -54,16 +54,20 @@ def config(tmp_path: Path, s3: S3, data: Path, extra: str = "") -> Path:
     return write_config(tmp_path / "pyops.toml", tmp_path / "repo", body)
 
 
-def child_named(parent: int, comm: str) -> int | None:
+def dump_tar(parent: int) -> int | None:
+    """The tar writing the archive: a child of the pyops run named tar, not the short
+    `tar --version` pyops asks for the manifest."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             stat = Path(f"/proc/{entry}/stat").read_text()
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
         name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        if name == comm and int(stat[stat.rindex(")") + 2 :].split()[1]) == parent:
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        if name == "tar" and ppid == parent and b"--version" not in argv:
             return int(entry)
     return None
 
@@ -77,15 +81,13 @@ def temp_artifact(repo: Path) -> Path | None:
 def dump_held(proc: subprocess.Popen[str], repo: Path, at_least: int) -> Iterator[tuple[int, Path]]:
     """tar stopped (SIGSTOP) with at least `at_least` bytes of the artifact written:
     tar runs in bursts, stopped while the test looks, until enough is there."""
-    tar = wait_for(lambda: proc.poll() is None and child_named(proc.pid, "tar"), "tar to start")
+    tar = wait_for(lambda: proc.poll() is None and dump_tar(proc.pid), "tar to start")
     while True:
         os.kill(tar, signal.SIGSTOP)
         temp = temp_artifact(repo)
         if temp is not None and temp.stat().st_size >= at_least:
             break
-        assert proc.poll() is None, proc.communicate()
-        os.kill(tar, signal.SIGCONT)
-        time.sleep(0.001)
+        os.kill(tar, signal.SIGCONT)  # a moment's run: the next SIGSTOP follows at once
     try:
         yield tar, temp
     finally:
