@@ -374,10 +374,16 @@ class S3Store:
             else:
                 self._copy_onto_itself(name, size, sha256, source)
         except BaseException:
-            self._drop(name, version)  # the copy without its sha256 (unversioned: the object)
+            # no object without its sha256: remove the version (or, not allowed to, hide it)
+            if not self._drop(name, version) and version:
+                self._drop(name, None)
             raise
-        if version:
-            self._drop(name, version)
+        if version and not self._drop(name, version, quiet=True):
+            log.info(
+                "%s: the version without its sha256 stays as a noncurrent version (no "
+                "s3:DeleteObjectVersion) until the bucket's lifecycle rule expires it",
+                name,
+            )
 
     def _copy_onto_itself(self, name: str, size: int, sha256: str, source: dict[str, str]) -> None:
         created = self._call(
@@ -412,13 +418,16 @@ class S3Store:
             self.abort(name, upload_id)
             raise
 
-    def _drop(self, name: str, version: str | None) -> None:
+    def _drop(self, name: str, version: str | None, quiet: bool = False) -> bool:
         """Best effort: delete (a version of) an object pyops just wrote."""
         extra = {"VersionId": version} if version else {}
         try:
             self._call(f"delete of {name}", self.client.delete_object, Key=name, **extra)
         except StoreError as exc:
-            log.warning("could not delete %s (%s): %s", name, version or "latest", exc)
+            if not quiet:
+                log.warning("could not delete %s (%s): %s", name, version or "latest", exc)
+            return False
+        return True
 
     def _send_parts(
         self,
