@@ -357,12 +357,13 @@ class S3Store:
         """Copy the object just completed onto itself (server-side, in ranges) with its
         sha256 in the metadata; then drop the version without it. Any failure removes
         the object: no object without its sha256 is left."""
+        version = None if version == "null" else version  # unversioned, or suspended
         source: dict[str, str] = {"Bucket": self.config.bucket, "Key": name}
         if version:
             source["VersionId"] = version
         try:
             if size == 0:
-                self._call(
+                done = self._call(
                     f"upload of {name}",
                     self.client.put_object,
                     Key=name,
@@ -372,20 +373,22 @@ class S3Store:
                     **self._object_args(sha256),
                 )
             else:
-                self._copy_onto_itself(name, size, sha256, source)
+                done = self._copy_onto_itself(name, size, sha256, source)
         except BaseException:
             # no object without its sha256: remove the version (or, not allowed to, hide it)
             if not self._drop(name, version) and version:
                 self._drop(name, None)
             raise
-        if version and not self._drop(name, version, quiet=True):
+        if version and version != done.get("VersionId") and not self._drop(name, version, True):
             log.info(
                 "%s: the version without its sha256 stays as a noncurrent version (no "
                 "s3:DeleteObjectVersion) until the bucket's lifecycle rule expires it",
                 name,
             )
 
-    def _copy_onto_itself(self, name: str, size: int, sha256: str, source: dict[str, str]) -> None:
+    def _copy_onto_itself(
+        self, name: str, size: int, sha256: str, source: dict[str, str]
+    ) -> dict[str, Any]:
         created = self._call(
             f"copy of {name}",
             self.client.create_multipart_upload,
@@ -407,7 +410,7 @@ class S3Store:
                     CopySourceRange=f"bytes={start}-{end}",
                 )
                 parts.append({"PartNumber": number, "ETag": answer["CopyPartResult"]["ETag"]})
-            self._call(
+            done: dict[str, Any] = self._call(
                 f"copy of {name}",
                 self.client.complete_multipart_upload,
                 Key=name,
@@ -417,6 +420,7 @@ class S3Store:
         except BaseException:
             self.abort(name, upload_id)
             raise
+        return done
 
     def _drop(self, name: str, version: str | None, quiet: bool = False) -> bool:
         """Best effort: delete (a version of) an object pyops just wrote."""

@@ -194,3 +194,23 @@ def test_s3_growing_parts_and_copy_ranges(
     assert head["ETag"].strip('"').endswith("-6")  # 27 MiB copied in 5 MiB ranges
     assert leftovers(s3_backend) == []
     assert s3_versions(s3_backend) == [f"{s3_backend.s3_root}{KEY}"]
+
+
+def test_s3_unversioned_bucket_keeps_the_resealed_object(s3_backend: Backend) -> None:
+    """Without versioning the copy replaces the object in place: nothing to drop (the
+    "null" version id of both must not delete the new one)."""
+    assert s3_backend.s3 is not None
+    bucket = f"plain-{s3_backend.s3.bucket}"[:63]
+    s3_backend.s3.client.create_bucket(Bucket=bucket)
+    store = s3_backend.s3_store(bucket)
+    data = random.Random(16).randbytes(MIN_PART + 5)
+    writer = ArtifactWriter(s3_backend.scratch / "artifact.bin")
+    growing = writer.follow()
+    for chunk in pieces(data):
+        writer.write(chunk)
+    _size, digest = writer.commit()
+    store.put_growing(KEY, growing)
+    growing.close()
+    assert content(store, KEY) == data
+    info = store.stat(KEY)
+    assert info is not None and info.sha256 == digest
