@@ -251,13 +251,28 @@ class S3Store:
             answer = self._call(f"head of {key}", self.client.head_object, Key=self.name(key))
         except NotFound:
             return None
+        sha256 = answer.get("Metadata", {}).get("sha256") or self._tagged_sha256(
+            key, answer.get("VersionId")
+        )
         return ObjectInfo(
             key=key,
             size=int(answer["ContentLength"]),
-            sha256=answer.get("Metadata", {}).get("sha256"),
+            sha256=sha256,
             retain_until=answer.get("ObjectLockRetainUntilDate"),
             storage_class=str(answer.get("StorageClass") or "STANDARD"),
         )
+
+    def _tagged_sha256(self, key: str, version: str | None) -> str | None:
+        """The sha256 an overlapped upload recorded as a tag (see `_seal`), if any."""
+        extra = {"VersionId": version} if version and version != "null" else {}
+        try:
+            answer = self._call(
+                f"tags of {key}", self.client.get_object_tagging, Key=self.name(key), **extra
+            )
+        except StoreError:  # no tagging in this store or this policy: nothing recorded
+            return None
+        tags = {t.get("Key"): t.get("Value") for t in answer.get("TagSet", [])}
+        return tags.get("sha256") or None
 
     def put_file(self, key: str, path: Path, sha256: str, progress: Progress = None) -> None:
         """Multipart upload of a finished file, `concurrency` parts in flight at most,
@@ -349,9 +364,27 @@ class S3Store:
             self.abort(name, upload_id)
             raise
         if known is None:
-            self._reseal(name, total, expected, done.get("VersionId"))
+            self._seal(name, total, expected, done.get("VersionId"))
         self._confirm(key, total, expected)
         self._lock(name)
+
+    def _seal(self, name: str, size: int, sha256: str, version: str | None) -> None:
+        """Record the sha256 of an object completed without it: as its `sha256` tag
+        (one small request, no new version), or, where the store or the policy has no
+        object tagging, by a server-side copy onto itself with the metadata."""
+        extra = {"VersionId": version} if version and version != "null" else {}
+        try:
+            self._call(
+                f"tagging of {name}",
+                self.client.put_object_tagging,
+                Key=name,
+                Tagging={"TagSet": [{"Key": "sha256", "Value": sha256}]},
+                **extra,
+            )
+            return
+        except StoreError as exc:
+            log.info("%s: no object tagging (%s): recording its sha256 by a copy", name, exc)
+        self._reseal(name, size, sha256, version)
 
     def _reseal(self, name: str, size: int, sha256: str, version: str | None) -> None:
         """Copy the object just completed onto itself (server-side, in ranges) with its

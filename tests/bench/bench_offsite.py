@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import statistics
 import subprocess
@@ -93,6 +94,7 @@ def measure(work: Path, size_mb: int, runs: int, rate: int) -> dict[str, Any]:
     times each, alternating. `rate` <= 0: matched to the first backup alone."""
     env = {**os.environ, **CREDS}
     os.environ.update(CREDS)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

@@ -143,10 +143,11 @@ def test_parts_go_up_while_the_dump_runs_and_the_object_matches(tmp_path: Path, 
     [key] = artifact_keys(s3)
     obj = s3.client.get_object(Bucket=s3.bucket, Key=key)
     assert obj["Body"].read() == local.read_bytes()  # byte-identical
-    assert obj["Metadata"]["sha256"] == manifest["artifact"]["sha256"]
+    tags = s3.client.get_object_tagging(Bucket=s3.bucket, Key=key)["TagSet"]
+    assert tags == [{"Key": "sha256", "Value": manifest["artifact"]["sha256"]}]
     assert s3.client.list_multipart_uploads(Bucket=s3.bucket).get("Uploads", []) == []
     versions = s3.client.list_object_versions(Bucket=s3.bucket, Prefix=key)
-    assert len(versions.get("Versions", [])) == 1  # the copy without its sha256 is gone
+    assert len(versions.get("Versions", [])) == 1  # one version: a tag makes no new one
     # authenticated: the remote catalog lists it (unauthenticated manifests are refused)
     listed = run_pyops(cfg, "list", "--remote", "--format", "json")
     assert [b["id"] for b in json.loads(listed.stdout)["backups"]] == [manifest["id"]]

@@ -166,11 +166,50 @@ def test_an_empty_file(backend: Backend) -> None:
 # --- S3 only --------------------------------------------------------------------------
 
 
-def test_s3_growing_parts_and_copy_ranges(
+def no_tagging(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store refuses PutObjectTagging as Cloudflare R2 does (501 NotImplemented):
+    the real client, answering with the error such a store sends."""
+    from botocore.exceptions import ClientError
+
+    def refuse(**_: object) -> None:
+        error = {"Error": {"Code": "NotImplemented", "Message": "PutObjectTagging"}}
+        raise ClientError(error, "PutObjectTagging")  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store.client, "put_object_tagging", refuse)  # type: ignore[attr-defined]
+
+
+def test_s3_sha256_is_a_tag_and_makes_no_version(s3_backend: Backend, data: bytes) -> None:
+    assert s3_backend.s3 is not None
+    writer = ArtifactWriter(s3_backend.scratch / "artifact.bin")
+    growing = writer.follow()
+    for chunk in pieces(data):
+        writer.write(chunk)
+    _size, digest = writer.commit()
+    s3_backend.store.put_growing(KEY, growing)
+    growing.close()
+    name = f"{s3_backend.s3_root}{KEY}"
+    client, bucket = s3_backend.s3.client, s3_backend.s3.bucket
+    assert client.head_object(Bucket=bucket, Key=name)["Metadata"] == {}
+    tags = client.get_object_tagging(Bucket=bucket, Key=name)["TagSet"]
+    assert tags == [{"Key": "sha256", "Value": digest}]
+    assert s3_versions(s3_backend) == [name]
+    assert head_etag(s3_backend).endswith("-3")  # the parts as sent
+
+
+def head_etag(backend: Backend) -> str:
+    assert backend.s3 is not None
+    head = backend.s3.client.head_object(Bucket=backend.s3.bucket, Key=f"{backend.s3_root}{KEY}")
+    return str(head["ETag"]).strip('"')
+
+
+def test_s3_without_tagging_growing_parts_and_copy_ranges(
     s3_backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Parts that grow (every part here: 8, 16, 32 MiB) and a server-side copy in several
-    ranges (5 MiB, S3's smallest) still make the same object, with its sha256."""
+    """A store without object tagging gets the sha256 as metadata by a server-side copy
+    onto itself (the version without it dropped). Parts that grow (every part here: 8,
+    16, 32 MiB) and a copy in several ranges (5 MiB, S3's smallest) still make the same
+    object."""
+    no_tagging(s3_backend.store, monkeypatch)
     monkeypatch.setattr(s3mod, "GROWTH_STEP", 1)
     monkeypatch.setattr(s3mod, "COPY_PART", 5 * MiB)
     data = random.Random(15).randbytes(8 * MiB + 16 * MiB + 3 * MiB)
@@ -188,21 +227,23 @@ def test_s3_growing_parts_and_copy_ranges(
     info = s3_backend.store.stat(KEY)
     assert info is not None and info.sha256 == hashlib.sha256(data).hexdigest()
     assert s3_backend.s3 is not None
-    head = s3_backend.s3.client.head_object(
-        Bucket=s3_backend.s3.bucket, Key=f"{s3_backend.s3_root}{KEY}"
-    )
-    assert head["ETag"].strip('"').endswith("-6")  # 27 MiB copied in 5 MiB ranges
+    assert head_etag(s3_backend).endswith("-6")  # 27 MiB copied in 5 MiB ranges
     assert leftovers(s3_backend) == []
     assert s3_versions(s3_backend) == [f"{s3_backend.s3_root}{KEY}"]
 
 
-def test_s3_unversioned_bucket_keeps_the_resealed_object(s3_backend: Backend) -> None:
-    """Without versioning the copy replaces the object in place: nothing to drop (the
+@pytest.mark.parametrize("tagging", [True, False])
+def test_s3_unversioned_bucket(
+    s3_backend: Backend, monkeypatch: pytest.MonkeyPatch, tagging: bool
+) -> None:
+    """Without versioning a copy replaces the object in place: nothing to drop (the
     "null" version id of both must not delete the new one)."""
     assert s3_backend.s3 is not None
     bucket = f"plain-{s3_backend.s3.bucket}"[:63]
     s3_backend.s3.client.create_bucket(Bucket=bucket)
     store = s3_backend.s3_store(bucket)
+    if not tagging:
+        no_tagging(store, monkeypatch)
     data = random.Random(16).randbytes(MIN_PART + 5)
     writer = ArtifactWriter(s3_backend.scratch / "artifact.bin")
     growing = writer.follow()
