@@ -50,11 +50,14 @@ def make_data(path: Path, size_mb: int) -> None:
         (path / f"blob{i:05d}.bin").write_bytes(os.urandom(min(16, size_mb - i) * MiB))
 
 
+LEVEL = 15  # zstd -15 -T1: a dump that takes CPU time, as pg_dump | zstd does on a small VPS
+
+
 def write_config(work: Path, name: str, data: Path, url: str, bucket: str, rate: int) -> Path:
     path = work / f"{name}.toml"
     path.write_text(
         f'[repository]\npath = "{work / name}"\nhost = "bench"\n\n'
-        '[compression]\nalgorithm = "zstd"\nlevel = 1\nthreads = 1\n\n'
+        f'[compression]\nalgorithm = "zstd"\nlevel = {LEVEL}\nthreads = 1\n\n'
         f'[offsite]\nbucket = "{bucket}"\nendpoint_url = "{url}"\nregion = "us-east-1"\n'
         f'storage_class = "STANDARD"\nsse = "none"\nmax_upload_rate = {rate}\n\n'
         f'[[targets]]\nname = "media"\ntype = "files"\npaths = ["{data}"]\n'
