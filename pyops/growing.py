@@ -49,11 +49,12 @@ class GrowingFile:
             self._final = (size, sha256)
             self._cond.notify_all()
 
-    def fail(self, why: str) -> None:
+    def fail(self, why: str, *, even_if_finished: bool = False) -> None:
         """The file will never be complete; a waiting reader gets WriterFailed. No
-        effect once finished."""
+        effect once finished, unless `even_if_finished` (the run was interrupted: the
+        reader must stop too)."""
         with self._cond:
-            if self._final is None and self._failed is None:
+            if (self._final is None or even_if_finished) and self._failed is None:
                 self._failed = why
             self._cond.notify_all()
 

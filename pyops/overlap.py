@@ -58,8 +58,14 @@ class EarlyUpload:
 
     def wait(self) -> None:
         """After the backup is complete: the artifact is in the bucket, whole and with
-        the backup's sha256, or this raises why not (PyopsError)."""
-        self.thread.join()
+        the backup's sha256, or this raises why not (PyopsError). Interrupted while
+        waiting (Ctrl-C, SIGTERM): the upload is stopped and aborted first."""
+        try:
+            self.thread.join()
+        except BaseException:
+            self.source.fail("the run was interrupted", even_if_finished=True)
+            self.thread.join()
+            raise
         exc = self.error
         if exc is None:
             return

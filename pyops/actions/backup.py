@@ -250,7 +250,7 @@ def run(app: App, tier: str, work: Expanded, *, offsite: bool, prune: bool) -> l
 
     tier = resolve_tier(tier, app.clock())
     use_offsite = offsite and bool(app.config.offsite.bucket)
-    remote = _overlap_remote(app) if use_offsite else None
+    remotes: list[Catalog | None] = []  # the bucket, asked once, when a dump target starts
     results = []
     for target, why in work.failed:
         log.error("backup %s: FAILED: %s", target.name, why)
@@ -266,6 +266,9 @@ def run(app: App, tier: str, work: Expanded, *, offsite: bool, prune: bool) -> l
         try:
             if isinstance(target, PostgresTarget):  # said before a hook stops the app
                 secrets.password(target)
+            if use_offsite and not remotes:
+                remotes.append(_overlap_remote(app))
+            remote = remotes[0] if remotes else None
             overlap = Overlap(remote) if remote is not None else None
             with hook.around():
                 manifest = backup_target(app, target, tier, overlap)

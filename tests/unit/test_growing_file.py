@@ -116,3 +116,14 @@ def test_fail_after_finish_changes_nothing(tmp_path: Path) -> None:
     assert growing.wait_for(10) == (3, True)
     assert growing.sha256 == "f" * 64
     growing.close()
+
+
+def test_an_interrupted_run_stops_the_reader_even_after_finish(tmp_path: Path) -> None:
+    growing = written(tmp_path / "f", b"abc")
+    growing.finish(3, "f" * 64)
+    growing.fail("the run was interrupted", even_if_finished=True)
+    with pytest.raises(WriterFailed):
+        growing.wait_for(10)
+    with pytest.raises(WriterFailed):
+        growing.sha256  # noqa: B018 - the property raises
+    growing.close()
