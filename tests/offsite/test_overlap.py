@@ -245,3 +245,81 @@ def test_max_upload_rate_is_checked(tmp_path: Path, s3: S3, value: str, fragment
     checked = run_pyops(cfg, "config", "check")
     assert checked.returncode == 2
     assert "offsite.max_upload_rate" in checked.stderr and fragment in checked.stderr
+
+
+def vm_hwm_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_a_stalled_uplink_does_not_hold_the_dump_back(tmp_path: Path) -> None:
+    """The S3 server (a process of its own here) is frozen with SIGSTOP: the upload
+    stalls, and the dump still runs to its end, the local backup complete, pyops' own
+    memory flat. Thawed, the upload completes and the backup is offsite."""
+    import socket
+    import sys
+
+    import boto3
+    from fixtures.s3 import CREDS
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        client = boto3.client(
+            "s3",
+            endpoint_url=url,
+            region_name="us-east-1",
+            aws_access_key_id=CREDS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=CREDS["AWS_SECRET_ACCESS_KEY"],
+        )
+
+        def up() -> bool:
+            from botocore.exceptions import EndpointConnectionError
+
+            try:
+                client.create_bucket(Bucket="stall")
+            except EndpointConnectionError:  # not listening yet
+                return False
+            return True
+
+        wait_for(up, "the S3 server to listen")
+        own = S3(None, url, "stall", client)  # type: ignore[arg-type]
+        data = data_dir(tmp_path / "media", 96)
+        cfg = config(tmp_path, own, data)
+        repo = tmp_path / "repo"
+        proc = subprocess.Popen(
+            [PYOPS, "--config", str(cfg), "backup", "--format", "json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **CREDS},
+        )
+        wait_for(lambda: parts_sent(own) >= 1, "the first part in the bucket")
+        os.kill(server.pid, signal.SIGSTOP)  # the uplink stops dead
+        try:
+            manifest = wait_for(
+                lambda: next(repo.rglob("*.manifest.json"), None), "the local backup to complete"
+            )
+            assert proc.poll() is None  # still uploading
+            assert vm_hwm_kib(proc.pid) < 100 * 1024  # nothing queued in memory
+            size = json.loads(manifest.read_text())["artifact"]["bytes"]
+            assert size >= 96 * MiB
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=DEADLINE)
+        assert proc.returncode == 0, err
+        assert json.loads(out)["backups"][0]["offsite"] is True
+        [key] = artifact_keys(own)
+        assert client.head_object(Bucket="stall", Key=key)["ContentLength"] == size
+    finally:
+        server.kill()
+        server.wait()
