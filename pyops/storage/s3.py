@@ -3,7 +3,8 @@
 Keys live under a root (`<prefix>/<host>/`). Uploads are multipart and streamed a
 part at a time; every part carries its SHA-256 as a header the store validates
 (and, where the store echoes it, pyops compares the echo), the whole object's
-SHA-256 is computed from the bytes actually sent and rides along as metadata, and
+SHA-256 is computed from the bytes actually sent and rides along as metadata (or,
+for an upload that starts before it is known, is recorded after: s3seal.py), and
 after completing an upload its size and sha256 are confirmed with a HEAD. A
 failed upload is aborted so no half object or dangling upload remains.
 Credentials come from `access_key_id_file` / `secret_access_key_file` when set, else
@@ -35,6 +36,7 @@ from pyops.storage import (
     Progress,
     StoreError,
     check_key,
+    s3seal,
 )
 from pyops.throttle import Throttle
 
@@ -43,7 +45,6 @@ log = logging.getLogger(__name__)
 MIN_PART = 8 << 20
 MAX_PARTS = 9000  # S3 allows 10,000; leave room
 GROWTH_STEP = 1000  # a growing file's parts double in size every this many parts
-COPY_PART = 256 << 20  # server-side copy ranges: each call well inside the read timeout
 DOWNLOAD_CHUNK = 1 << 20
 
 
@@ -251,8 +252,8 @@ class S3Store:
             answer = self._call(f"head of {key}", self.client.head_object, Key=self.name(key))
         except NotFound:
             return None
-        sha256 = answer.get("Metadata", {}).get("sha256") or self._tagged_sha256(
-            key, answer.get("VersionId")
+        sha256 = answer.get("Metadata", {}).get("sha256") or s3seal.tagged_sha256(
+            self, key, answer.get("VersionId")
         )
         return ObjectInfo(
             key=key,
@@ -261,18 +262,6 @@ class S3Store:
             retain_until=answer.get("ObjectLockRetainUntilDate"),
             storage_class=str(answer.get("StorageClass") or "STANDARD"),
         )
-
-    def _tagged_sha256(self, key: str, version: str | None) -> str | None:
-        """The sha256 an overlapped upload recorded as a tag (see `_seal`), if any."""
-        extra = {"VersionId": version} if version and version != "null" else {}
-        try:
-            answer = self._call(
-                f"tags of {key}", self.client.get_object_tagging, Key=self.name(key), **extra
-            )
-        except StoreError:  # no tagging in this store or this policy: nothing recorded
-            return None
-        tags = {t.get("Key"): t.get("Value") for t in answer.get("TagSet", [])}
-        return tags.get("sha256") or None
 
     def put_file(self, key: str, path: Path, sha256: str, progress: Progress = None) -> None:
         """Multipart upload of a finished file, `concurrency` parts in flight at most,
@@ -317,8 +306,8 @@ class S3Store:
         the writer has written it whole, read from disk like put_file's (flat memory,
         whatever the lag); completed only once the writer has finished and the bytes
         read have the sha256 it computed. S3 takes metadata when an upload starts,
-        before the sha256 is known: the completed object gets it by a server-side copy
-        onto itself (`_reseal`), no byte crossing the uplink twice."""
+        before the sha256 is known: the completed object gets it as a tag, or by a
+        server-side copy onto itself (pyops.storage.s3seal)."""
 
         def parts() -> Iterator[tuple[int, Any, int]]:
             for offset, length in source.ranges(growing_part_sizes()):
@@ -347,7 +336,7 @@ class S3Store:
         upload_id = created["UploadId"]
         try:
             whole, total, sent = self._send_parts(name, upload_id, parts, progress)
-            expected = known or sha256()  # type: ignore[operator]
+            expected = sha256 if isinstance(sha256, str) else sha256()
             if whole != expected:
                 raise ChecksumMismatch(
                     f"upload of {name}: the bytes read have sha256 {whole[:16]}..., the "
@@ -364,107 +353,9 @@ class S3Store:
             self.abort(name, upload_id)
             raise
         if known is None:
-            self._seal(name, total, expected, done.get("VersionId"))
+            s3seal.seal(self, name, total, expected, done.get("VersionId"))
         self._confirm(key, total, expected)
         self._lock(name)
-
-    def _seal(self, name: str, size: int, sha256: str, version: str | None) -> None:
-        """Record the sha256 of an object completed without it: as its `sha256` tag
-        (one small request, no new version), or, where the store or the policy has no
-        object tagging, by a server-side copy onto itself with the metadata."""
-        extra = {"VersionId": version} if version and version != "null" else {}
-        try:
-            self._call(
-                f"tagging of {name}",
-                self.client.put_object_tagging,
-                Key=name,
-                Tagging={"TagSet": [{"Key": "sha256", "Value": sha256}]},
-                **extra,
-            )
-            return
-        except StoreError as exc:
-            log.info("%s: no object tagging (%s): recording its sha256 by a copy", name, exc)
-        self._reseal(name, size, sha256, version)
-
-    def _reseal(self, name: str, size: int, sha256: str, version: str | None) -> None:
-        """Copy the object just completed onto itself (server-side, in ranges) with its
-        sha256 in the metadata; then drop the version without it. Any failure removes
-        the object: no object without its sha256 is left."""
-        version = None if version == "null" else version  # unversioned, or suspended
-        source: dict[str, str] = {"Bucket": self.config.bucket, "Key": name}
-        if version:
-            source["VersionId"] = version
-        try:
-            if size == 0:
-                done = self._call(
-                    f"upload of {name}",
-                    self.client.put_object,
-                    Key=name,
-                    Body=b"",
-                    ChecksumAlgorithm="SHA256",
-                    ChecksumSHA256=b64sha256(b""),
-                    **self._object_args(sha256),
-                )
-            else:
-                done = self._copy_onto_itself(name, size, sha256, source)
-        except BaseException:
-            # no object without its sha256: remove the version (or, not allowed to, hide it)
-            if not self._drop(name, version) and version:
-                self._drop(name, None)
-            raise
-        if version and version != done.get("VersionId") and not self._drop(name, version, True):
-            log.info(
-                "%s: the version without its sha256 stays as a noncurrent version (no "
-                "s3:DeleteObjectVersion) until the bucket's lifecycle rule expires it",
-                name,
-            )
-
-    def _copy_onto_itself(
-        self, name: str, size: int, sha256: str, source: dict[str, str]
-    ) -> dict[str, Any]:
-        created = self._call(
-            f"copy of {name}",
-            self.client.create_multipart_upload,
-            Key=name,
-            **self._object_args(sha256),
-        )
-        upload_id = created["UploadId"]
-        try:
-            parts = []
-            for number, start in enumerate(range(0, size, COPY_PART), start=1):
-                end = min(size, start + COPY_PART) - 1
-                answer = self._call(
-                    f"copy of {name} (part {number})",
-                    self.client.upload_part_copy,
-                    Key=name,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    CopySource=source,
-                    CopySourceRange=f"bytes={start}-{end}",
-                )
-                parts.append({"PartNumber": number, "ETag": answer["CopyPartResult"]["ETag"]})
-            done: dict[str, Any] = self._call(
-                f"copy of {name}",
-                self.client.complete_multipart_upload,
-                Key=name,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
-            )
-        except BaseException:
-            self.abort(name, upload_id)
-            raise
-        return done
-
-    def _drop(self, name: str, version: str | None, quiet: bool = False) -> bool:
-        """Best effort: delete (a version of) an object pyops just wrote."""
-        extra = {"VersionId": version} if version else {}
-        try:
-            self._call(f"delete of {name}", self.client.delete_object, Key=name, **extra)
-        except StoreError as exc:
-            if not quiet:
-                log.warning("could not delete %s (%s): %s", name, version or "latest", exc)
-            return False
-        return True
 
     def _send_parts(
         self,

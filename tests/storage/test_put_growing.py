@@ -22,7 +22,7 @@ import pytest
 import pyops.storage.s3 as s3mod
 from pyops.artifact import ArtifactWriter
 from pyops.growing import GrowingFile, WriterFailed
-from pyops.storage import ChecksumMismatch, Store
+from pyops.storage import ChecksumMismatch, Store, s3seal
 from pyops.storage.s3 import MIN_PART
 
 if TYPE_CHECKING:  # conftest modules are not imported by name at run time
@@ -211,7 +211,7 @@ def test_s3_without_tagging_growing_parts_and_copy_ranges(
     object."""
     no_tagging(s3_backend.store, monkeypatch)
     monkeypatch.setattr(s3mod, "GROWTH_STEP", 1)
-    monkeypatch.setattr(s3mod, "COPY_PART", 5 * MiB)
+    monkeypatch.setattr(s3seal, "COPY_PART", 5 * MiB)
     data = random.Random(15).randbytes(8 * MiB + 16 * MiB + 3 * MiB)
     sent: list[int] = []
     source = Path(s3_backend.scratch / "artifact.bin")
