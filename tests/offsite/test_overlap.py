@@ -154,7 +154,9 @@ def test_parts_go_up_while_the_dump_runs_and_the_object_matches(tmp_path: Path, 
     verified = run_pyops(cfg, "verify", "--remote", manifest["id"])
     assert verified.returncode == 0, verified.stderr
     again = json.loads(run_pyops(cfg, "sync", "--format", "json").stdout)
-    assert again["uploaded"] == [] and again["present"] == [manifest["id"]]
+    assert again["uploaded"] == [] and again["present"] == [manifest["id"]]  # the tag counts
+    checked = run_pyops(cfg, "sync", "--check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr  # no drift either
 
 
 def test_a_backup_failing_mid_dump_leaves_nothing_in_the_bucket(tmp_path: Path, s3: S3) -> None:
