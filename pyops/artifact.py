@@ -12,6 +12,7 @@ from typing import cast
 
 from pyops.errors import PyopsError
 from pyops.fsutil import fsync_dir, temp_name
+from pyops.growing import GrowingFile
 
 CHUNK = 1 << 20
 WRITEBACK = 8 << 20  # bytes the kernel is asked to start writing back at a time
@@ -30,7 +31,9 @@ def _writeback() -> Callable[[int, int, int, int], int] | None:
 
 
 class ArtifactWriter:
-    """Receives the encoded stream; `commit` makes it visible, `abort` removes every byte."""
+    """Receives the encoded stream; `commit` makes it visible, `abort` removes every byte.
+    `follow()` hands out the temp file as a GrowingFile that this writer keeps told of
+    its progress (an upload reading it while it is written)."""
 
     def __init__(self, final: Path) -> None:
         self.final = final
@@ -40,6 +43,12 @@ class ArtifactWriter:
         self.bytes = 0
         self._flushed = 0  # bytes whose writeback has been started
         self._writeback = _writeback()
+        self.growing: GrowingFile | None = None
+
+    def follow(self) -> GrowingFile:
+        if self.growing is None:
+            self.growing = GrowingFile(self.temp)
+        return self.growing
 
     def write(self, chunk: bytes) -> None:
         self.hash.update(chunk)
@@ -58,6 +67,8 @@ class ArtifactWriter:
                 self.fd, self._flushed, self.bytes - self._flushed, SYNC_FILE_RANGE_WRITE
             )
             self._flushed = self.bytes
+        if self.growing is not None:
+            self.growing.grew(self.bytes)
 
     def commit(self) -> tuple[int, str]:
         try:
@@ -68,9 +79,14 @@ class ArtifactWriter:
         self.fd = -1
         os.replace(self.temp, self.final)
         fsync_dir(self.final.parent)
-        return self.bytes, self.hash.hexdigest()
+        sha = self.hash.hexdigest()
+        if self.growing is not None:
+            self.growing.finish(self.bytes, sha)
+        return self.bytes, sha
 
     def abort(self) -> None:
+        if self.growing is not None:
+            self.growing.fail(f"the backup into {self.final.name} failed or was aborted")
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

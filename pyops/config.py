@@ -89,6 +89,9 @@ class OffsiteConfig:
     kms_key_id: str = opt("", "aws:kms: the key id")
     object_lock_days: int = opt(0, ">0: COMPLIANCE retain-until on every object")
     concurrency: int = opt(2, "parts uploaded at once (memory: concurrency x part size)")
+    max_upload_rate: int = opt(
+        0, "bytes per second sent to the bucket, by backup and sync alike; 0 = unlimited"
+    )
     access_key_id_file: Path | None = opt(
         None, "file holding the S3 access key id (e.g. a systemd credential)"
     )

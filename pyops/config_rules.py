@@ -184,6 +184,10 @@ def _offsite(config: Config) -> None:
         raise ConfigError("offsite.concurrency", "must be at least 1")
     if offsite.object_lock_days < 0:
         raise ConfigError("offsite.object_lock_days", "must not be negative")
+    if offsite.max_upload_rate < 0:
+        raise ConfigError(
+            "offsite.max_upload_rate", "must not be negative (bytes per second; 0 = unlimited)"
+        )
     if offsite.sse == "aws:kms" and not offsite.kms_key_id:
         raise ConfigError("offsite.kms_key_id", "sse = 'aws:kms' needs a key id")
 

@@ -24,6 +24,7 @@ from pyops.errors import ConfigError, PyopsError, os_error_message
 from pyops.execute import DEVNULL, PIPE, in_thread, pipeline
 from pyops.manifest import Manifest
 from pyops.manifest import backup_id as make_id
+from pyops.overlap import Overlap
 from pyops.pgdatabases import Expanded
 from pyops.progress import Progress, human, proc_io
 from pyops.sources import module
@@ -111,7 +112,19 @@ def _quietly(join: Callable[[], None]) -> None:
         log.debug("after the failure, a side task failed too: %s", exc)
 
 
-def backup_target(app: App, target: Target, tier: str) -> Manifest:
+def backup_target(app: App, target: Target, tier: str, overlap: Overlap | None = None) -> Manifest:
+    """`overlap`: upload the artifact to the bucket while it is written (the caller
+    completes the offsite copy with its attachments and manifest). A backup that fails
+    leaves nothing of that upload in the bucket."""
+    try:
+        return _backup_target(app, target, tier, overlap)
+    except BaseException:
+        if overlap is not None and overlap.upload is not None:
+            overlap.upload.discard("the backup failed")
+        raise
+
+
+def _backup_target(app: App, target: Target, tier: str, overlap: Overlap | None) -> Manifest:
     local = app.local(write=True)
     clean_leftovers(local, target.name)
     started = start_time(app, local, target.name)
@@ -126,6 +139,8 @@ def backup_target(app: App, target: Target, tier: str) -> Manifest:
     warnings: list[str] = []
     with app.scratch(backup_id) as scratch, source.dump(target, scratch) as dump:
         writer = ArtifactWriter(artifact)
+        if overlap is not None:
+            overlap.start(f"{target.name}/{tier}/{name}", writer.follow())
         # what does not depend on the data runs while it streams: the tool versions
         # for the manifest, and the attachments (captured before the dump started)
         found: dict[str, Any] = {}
@@ -165,7 +180,7 @@ def backup_target(app: App, target: Target, tier: str) -> Manifest:
             attached: dict[str, dict[str, Any]] = found["attached"]
             size, sha = writer.commit()
         except BaseException:
-            writer.abort()
+            writer.abort()  # an upload reading it stops (backup_target discards it)
             _quietly(attach)  # never remove an attachment still being written
             _quietly(side)
             for kind in dump.attachments:
@@ -235,6 +250,17 @@ def _pgbackrest(app: App, target: PgbackrestTarget, tier: str) -> BackupResult:
     )
 
 
+def _overlap_remote(app: App) -> Catalog | None:
+    """The bucket's catalog, for uploading while backing up; None when it cannot be had
+    now (unreachable, another repository's prefix): then each backup is uploaded after
+    it is complete, and that upload reports the problem, the local backup kept."""
+    try:
+        return app.remote(write=True)
+    except PyopsError as exc:
+        log.debug("offsite: no upload during the backup: %s", exc)
+        return None
+
+
 def run(app: App, tier: str, work: Expanded, *, offsite: bool, prune: bool) -> list[BackupResult]:
     """Back up each target (`work`: the selection with each `databases = "all"` target
     replaced by its databases', pgdatabases.expand_targets), copy it offsite, then
@@ -246,6 +272,7 @@ def run(app: App, tier: str, work: Expanded, *, offsite: bool, prune: bool) -> l
 
     tier = resolve_tier(tier, app.clock())
     use_offsite = offsite and bool(app.config.offsite.bucket)
+    remotes: list[Catalog | None] = []  # the bucket, asked once, when a dump target starts
     results = []
     for target, why in work.failed:
         log.error("backup %s: FAILED: %s", target.name, why)
@@ -261,8 +288,12 @@ def run(app: App, tier: str, work: Expanded, *, offsite: bool, prune: bool) -> l
         try:
             if isinstance(target, PostgresTarget):  # said before a hook stops the app
                 secrets.password(target)
+            if use_offsite and not remotes:
+                remotes.append(_overlap_remote(app))
+            remote = remotes[0] if remotes else None
+            overlap = Overlap(remote) if remote is not None else None
             with hook.around():
-                manifest = backup_target(app, target, tier)
+                manifest = backup_target(app, target, tier, overlap)
                 hook.backup_id = manifest.id
         except ConfigError:
             raise  # a broken config is exit 2 for the whole run, not one target's failure
@@ -288,7 +319,7 @@ def run(app: App, tier: str, work: Expanded, *, offsite: bool, prune: bool) -> l
         tiers = [tier, "pre-restore"]
         try:
             if use_offsite:
-                sync.upload_after_backup(app, manifest.id)
+                sync.upload_after_backup(app, manifest.id, overlap.upload if overlap else None)
                 result.offsite = True
             if prune:
                 rows = prune_action.run(app, [target.name], tiers, dry_run=False, index=False)

@@ -19,6 +19,7 @@ from pyops.catalog import Backup, Catalog
 from pyops.errors import PyopsError, UsageError
 from pyops.fsutil import make_private_dir, write_atomic
 from pyops.manifest import ID_RE, Manifest, object_of_backup
+from pyops.overlap import EarlyUpload
 from pyops.progress import Progress, human
 from pyops.storage import ChecksumMismatch
 
@@ -107,10 +108,14 @@ def sync(app: App, targets: list[str]) -> SyncResult:
     return result
 
 
-def upload_after_backup(app: App, backup_id: str) -> None:
-    """Send the run's own backup, then anything else of the target still missing."""
+def upload_after_backup(app: App, backup_id: str, early: EarlyUpload | None = None) -> None:
+    """Send the run's own backup, then anything else of the target still missing.
+    `early`: its artifact was uploaded while it was written; once that is confirmed
+    the ordinary copy sends only the attachments and the manifest."""
     local, remote = app.local(write=True), app.remote(write=True)
     backup = local.find(backup_id)
+    if early is not None:
+        early.wait()
     upload(app, local, remote, backup)
     for other in reversed(local.backups(backup.manifest.target)):
         if other.id != backup_id and not known_offsite(app, other.manifest):

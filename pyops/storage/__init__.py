@@ -14,9 +14,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pyops.errors import PyopsError
+
+if TYPE_CHECKING:
+    from pyops.growing import GrowingFile
 
 Progress = Callable[[int], None] | None
 _SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
@@ -75,6 +78,12 @@ class Store(Protocol):
         self, key: str, chunks: Iterable[bytes], sha256: str, progress: Progress = None
     ) -> None:
         """Store a stream; refuses (and stores nothing) unless its bytes have `sha256`."""
+
+    def put_growing(self, key: str, source: GrowingFile, progress: Progress = None) -> None:
+        """Store a file while it is still being written, reading it as it grows; the
+        object is completed only once the writer has finished, and refused (nothing
+        stored) unless the bytes read have the sha256 the writer computed
+        (ChecksumMismatch) or when the writer failed (pyops.growing.WriterFailed)."""
 
     def put_bytes(self, key: str, data: bytes) -> None:
         """A small object (a manifest), in one atomic write."""

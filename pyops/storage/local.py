@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import os
 import stat as stat_
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pyops.artifact import CHUNK, ArtifactWriter, read_chunks
 from pyops.fsutil import fsync_dir, make_private_dir, write_atomic
 from pyops.storage import ChecksumMismatch, NotFound, ObjectInfo, Progress, StoreError, check_key
+
+if TYPE_CHECKING:
+    from pyops.growing import GrowingFile
 
 
 class LocalStore:
@@ -92,6 +96,14 @@ class LocalStore:
     def put_stream(
         self, key: str, chunks: Iterable[bytes], sha256: str, progress: Progress = None
     ) -> None:
+        self._put(key, chunks, lambda: sha256, progress)
+
+    def put_growing(self, key: str, source: GrowingFile, progress: Progress = None) -> None:
+        self._put(key, source.chunks(), lambda: source.sha256, progress)
+
+    def _put(
+        self, key: str, chunks: Iterable[bytes], expected: Callable[[], str], progress: Progress
+    ) -> None:
         writer = ArtifactWriter(self.path(key, create_dirs=True))
         try:
             for chunk in chunks:
@@ -99,6 +111,7 @@ class LocalStore:
                 if progress:
                     progress(len(chunk))
             got = writer.hash.hexdigest()
+            sha256 = expected()
             if got != sha256:
                 raise ChecksumMismatch(
                     f"{key}: the stream has sha256 {got[:16]}..., expected {sha256[:16]}...: "

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pyops.storage import ChecksumMismatch, NotFound, ObjectInfo, Progress, check_key
+
+if TYPE_CHECKING:
+    from pyops.growing import GrowingFile
 
 
 class MemoryStore:
@@ -43,6 +47,14 @@ class MemoryStore:
     def put_stream(
         self, key: str, chunks: Iterable[bytes], sha256: str, progress: Progress = None
     ) -> None:
+        self._put(key, chunks, lambda: sha256, progress)
+
+    def put_growing(self, key: str, source: GrowingFile, progress: Progress = None) -> None:
+        self._put(key, source.chunks(), lambda: source.sha256, progress)
+
+    def _put(
+        self, key: str, chunks: Iterable[bytes], expected: Callable[[], str], progress: Progress
+    ) -> None:
         check_key(key)
         data = bytearray()
         for chunk in chunks:
@@ -50,6 +62,7 @@ class MemoryStore:
             if progress:
                 progress(len(chunk))
         got = hashlib.sha256(data).hexdigest()
+        sha256 = expected()
         if got != sha256:
             raise ChecksumMismatch(
                 f"{key}: stream has sha256 {got[:16]}..., expected {sha256[:16]}..."

@@ -3,7 +3,8 @@
 Keys live under a root (`<prefix>/<host>/`). Uploads are multipart and streamed a
 part at a time; every part carries its SHA-256 as a header the store validates
 (and, where the store echoes it, pyops compares the echo), the whole object's
-SHA-256 is computed from the bytes actually sent and rides along as metadata, and
+SHA-256 is computed from the bytes actually sent and rides along as metadata (or,
+for an upload that starts before it is known, is recorded after: s3seal.py), and
 after completing an upload its size and sha256 are confirmed with a HEAD. A
 failed upload is aborted so no half object or dangling upload remains.
 Credentials come from `access_key_id_file` / `secret_access_key_file` when set, else
@@ -27,6 +28,7 @@ from typing import Any
 
 from pyops.config import OffsiteConfig
 from pyops.errors import ConfigError
+from pyops.growing import GrowingFile
 from pyops.storage import (
     ChecksumMismatch,
     NotFound,
@@ -34,12 +36,15 @@ from pyops.storage import (
     Progress,
     StoreError,
     check_key,
+    s3seal,
 )
+from pyops.throttle import Throttle
 
 log = logging.getLogger(__name__)
 
 MIN_PART = 8 << 20
 MAX_PARTS = 9000  # S3 allows 10,000; leave room
+GROWTH_STEP = 1000  # a growing file's parts double in size every this many parts
 DOWNLOAD_CHUNK = 1 << 20
 
 
@@ -55,6 +60,15 @@ def part_size(total: int) -> int:
     need = -(-total // MAX_PARTS)
     size = max(MIN_PART, need)
     return -(-size // (1 << 20)) * (1 << 20)
+
+
+def growing_part_sizes() -> Iterator[int]:
+    """Part sizes for a file of unknown final size: 8 MiB, doubling every 1,000 parts,
+    so 9,000 parts hold ~4 TiB (past S3's 5 TiB object limit with the 10,000th)."""
+    number = 0
+    while True:
+        yield MIN_PART << min(number // GROWTH_STEP, 9)
+        number += 1
 
 
 def b64sha256(data: bytes | memoryview) -> str:
@@ -104,6 +118,7 @@ class S3Store:
         self.config = config
         self.root = root if not root or root.endswith("/") else f"{root}/"
         self.client = client or self._client()
+        self.throttle = Throttle(config.max_upload_rate)  # every byte pyops sends
 
     def _client(self) -> Any:
         import boto3
@@ -169,8 +184,8 @@ class S3Store:
             "endpoint_url and credentials; local backups stay and `pyops sync` uploads them"
         )
 
-    def _object_args(self, sha256: str) -> dict[str, Any]:
-        args: dict[str, Any] = {"Metadata": {"sha256": sha256}}
+    def _object_args(self, sha256: str | None) -> dict[str, Any]:
+        args: dict[str, Any] = {"Metadata": {"sha256": sha256} if sha256 else {}}
         if self.config.storage_class:
             args["StorageClass"] = self.config.storage_class
         if self.config.sse == "AES256":
@@ -237,10 +252,13 @@ class S3Store:
             answer = self._call(f"head of {key}", self.client.head_object, Key=self.name(key))
         except NotFound:
             return None
+        sha256 = answer.get("Metadata", {}).get("sha256") or s3seal.tagged_sha256(
+            self, key, answer.get("VersionId")
+        )
         return ObjectInfo(
             key=key,
             size=int(answer["ContentLength"]),
-            sha256=answer.get("Metadata", {}).get("sha256"),
+            sha256=sha256,
             retain_until=answer.get("ObjectLockRetainUntilDate"),
             storage_class=str(answer.get("StorageClass") or "STANDARD"),
         )
@@ -283,30 +301,48 @@ class S3Store:
 
         self._multipart(key, sha256, parts(), progress)
 
+    def put_growing(self, key: str, source: GrowingFile, progress: Progress = None) -> None:
+        """Multipart upload of a file still being written: each part is sent as soon as
+        the writer has written it whole, read from disk like put_file's (flat memory,
+        whatever the lag); completed only once the writer has finished and the bytes
+        read have the sha256 it computed. S3 takes metadata when an upload starts,
+        before the sha256 is known: the completed object gets it as a tag, or by a
+        server-side copy onto itself (pyops.storage.s3seal)."""
+
+        def parts() -> Iterator[tuple[int, Any, int]]:
+            for offset, length in source.ranges(growing_part_sizes()):
+                yield offset, PartReader(source.fd, offset, length), length
+
+        self._multipart(key, lambda: source.sha256, parts(), progress)
+
     def _multipart(
         self,
         key: str,
-        sha256: str,
+        sha256: str | Callable[[], str],
         parts: Iterator[tuple[int, Any, int]],
         progress: Progress,
     ) -> None:
+        """`sha256`: the whole object's, or (a growing source) what says it once every
+        part has been read."""
         name = self.name(key)
+        known = sha256 if isinstance(sha256, str) else None
         created = self._call(
             f"upload of {name}",
             self.client.create_multipart_upload,
             Key=name,
             ChecksumAlgorithm="SHA256",
-            **self._object_args(sha256),
+            **self._object_args(known),
         )
         upload_id = created["UploadId"]
         try:
             whole, total, sent = self._send_parts(name, upload_id, parts, progress)
-            if whole != sha256:
+            expected = sha256 if isinstance(sha256, str) else sha256()
+            if whole != expected:
                 raise ChecksumMismatch(
                     f"upload of {name}: the bytes read have sha256 {whole[:16]}..., the "
-                    f"manifest says {sha256[:16]}...: the local file changed; not completed"
+                    f"manifest says {expected[:16]}...: the local file changed; not completed"
                 )
-            self._call(
+            done = self._call(
                 f"upload of {name}",
                 self.client.complete_multipart_upload,
                 Key=name,
@@ -316,7 +352,9 @@ class S3Store:
         except BaseException:
             self.abort(name, upload_id)
             raise
-        self._confirm(key, total, sha256)
+        if known is None:
+            s3seal.seal(self, name, total, expected, done.get("VersionId"))
+        self._confirm(key, total, expected)
         self._lock(name)
 
     def _send_parts(
@@ -369,6 +407,7 @@ class S3Store:
                     break
                 part_hash = hashlib.sha256()
                 while chunk := body.read(DOWNLOAD_CHUNK):
+                    self.throttle.take(len(chunk))  # max_upload_rate, over the parts sent
                     part_hash.update(chunk)
                     whole.update(chunk)
                 body.seek(0)
@@ -428,6 +467,7 @@ class S3Store:
         """A small object: one PUT with its checksum (object lock needs one)."""
         name = self.name(key)
         sha = hashlib.sha256(data).hexdigest()
+        self.throttle.take(len(data))
         self._call(
             f"upload of {name}",
             self.client.put_object,

@@ -338,6 +338,24 @@ RULES: list[tuple[str, str, str, str]] = [
         "offsite.object_lock_days",
         "negative",
     ),
+    (
+        "negative upload rate",
+        "[offsite]\nmax_upload_rate = -1\n",
+        "offsite.max_upload_rate",
+        "negative",
+    ),
+    (
+        "upload rate not an integer",
+        "[offsite]\nmax_upload_rate = 1.5\n",
+        "offsite.max_upload_rate",
+        "expected integer",
+    ),
+    (
+        "upload rate as a string",
+        '[offsite]\nmax_upload_rate = "10M"\n',
+        "offsite.max_upload_rate",
+        "expected integer",
+    ),
 ]
 
 
