@@ -146,6 +146,20 @@ def _size(field: bytes) -> int | None:
     return _octal(field)
 
 
+def _looks_star(block: bytes) -> bool:
+    """tar 1.34's test for star's format (list.c decode_header): prefix[130] NUL, then
+    atime and ctime fields of octal digits ending in a space. tar reads such a member's
+    sparse keys star's way, skipping less of its data than pyops. GNU tar never writes it."""
+    octal = b"01234567"
+    return (
+        block[475] == 0
+        and block[476] in octal
+        and block[487] == 0x20
+        and block[488] in octal
+        and block[499] == 0x20
+    )
+
+
 def _checksum_ok(block: bytes) -> bool:
     recorded = _octal(block[_CHKSUM])
     if recorded is None:
@@ -308,6 +322,8 @@ class TarStream:
             self._magic = magic
         elif magic != self._magic:
             raise self._unreadable(pos, f"a header of another tar format ({magic!r})")
+        if magic == POSIX_MAGIC and _looks_star(block):
+            raise self._unreadable(pos, "a POSIX header tar would read as star format")
         for field, what in _NUMERIC:
             if _size(block[field]) is None:
                 raise self._unreadable(pos, f"{what} field {block[field]!r}")
@@ -358,14 +374,20 @@ class TarStream:
                     pax = _pax(data)
                 except ValueError as exc:
                     raise self._unreadable(pos, str(exc)) from None
-            elif typeflag == _LONGNAME:
-                if longname is not None:
-                    raise self._unreadable(pos, "two long names for one member")
-                longname = data.split(b"\0", 1)[0]
             else:
-                if longlink is not None:
-                    raise self._unreadable(pos, "two long link names for one member")
-                longlink = data.split(b"\0", 1)[0]
+                # tar reads a long name up to the first NUL of its whole padded blocks
+                padded = self._buf[off + BLOCK : off + BLOCK + _padded(size)]
+                long = padded.split(b"\0", 1)[0]
+                if len(long) > size:
+                    raise self._unreadable(pos, "a long name running on into its padding")
+                if typeflag == _LONGNAME:
+                    if longname is not None:
+                        raise self._unreadable(pos, "two long names for one member")
+                    longname = long
+                else:
+                    if longlink is not None:
+                        raise self._unreadable(pos, "two long link names for one member")
+                    longlink = long
             pos += BLOCK + _padded(size)
         return self._member(pos, block, size, longname, longlink, pax)
 

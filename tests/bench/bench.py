@@ -33,6 +33,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import bench_count  # noqa: E402
+import bench_files  # noqa: E402
+import bench_offsite  # noqa: E402
 import bench_peers  # noqa: E402
 from fixtures.gpgkeys import cleanup_home, generate_key  # noqa: E402
 from fixtures.pgcluster import PgCluster, start_cluster  # noqa: E402
@@ -323,6 +325,24 @@ def markdown(report: dict[str, Any]) -> str:
                 "|---|---|---|---|",
                 *bench_count.rows(r["cold_count"], size),
             ]
+    if report.get("files"):
+        lines += [
+            "",
+            "Files target, extracting into tmpfs:",
+            "",
+            "| data | op | raw median s | pyops median s | pyops/raw | goal |",
+            "|---|---|---|---|---|---|",
+            *bench_files.rows(report["files"]),
+        ]
+    if report.get("offsite"):
+        lines += [
+            "",
+            "Backup with offsite, the S3 server on 127.0.0.1 behind max_upload_rate:",
+            "",
+            "| data | op | alone median s | pyops median s | ratio | note |",
+            "|---|---|---|---|---|---|",
+            *bench_offsite.rows(report["offsite"]),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -333,6 +353,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    parser.add_argument("--files", type=int, default=50_000, help="files target: 0 skips it")
+    parser.add_argument("--offsite-mb", type=int, default=300, help="upload overlap: 0 skips it")
     args = parser.parse_args()
     pg = start_cluster()
     key = generate_key()
@@ -346,12 +368,22 @@ def main() -> None:
     finally:
         pg.stop()
         cleanup_home(key.gnupghome)
+    files: dict[str, Any] = {}
+    if args.files:
+        with tempfile.TemporaryDirectory(prefix="pyops-bench-files-", dir=bench_files.TMPFS) as tmp:
+            files = bench_files.measure(Path(tmp), args.files, args.runs)
+    offsite: dict[str, Any] = {}
+    if args.offsite_mb:
+        with tempfile.TemporaryDirectory(prefix="pyops-bench-offsite-") as tmp:
+            offsite = bench_offsite.measure(Path(tmp), args.offsite_mb, args.runs, 0)
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     report = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, "
         f"Python {platform.python_version()}",
         "sizes": sizes,
+        "files": files,
+        "offsite": offsite,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")

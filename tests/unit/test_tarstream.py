@@ -459,3 +459,65 @@ def test_what_tar_made_is_checked_before_it_moves_into_place(tmp_path: Path) -> 
     link.symlink_to(made)
     with pytest.raises(UnsafeArchive, match="other than the directory or file checked"):
         tarextract._made_as_checked(link, "srv/app")
+
+
+def _resum(block: bytes) -> bytes:
+    b = bytearray(block)
+    b[148:156] = b" " * 8
+    b[148:156] = b"%06o\0 " % sum(b[:512])
+    return bytes(b)
+
+
+def test_a_posix_header_tar_reads_as_star_format_is_refused(tmp_path: Path) -> None:
+    """tar takes a POSIX header with star's atime/ctime pattern for star's format and
+    then skips a GNU sparse member's data by its real size: a header hid in the rest."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    hidden = header(R + b"/evil", b"2", 0, linkname=os.fsencode(outside))
+    data = b"1\n0\n512\n".ljust(512, b"\0") + hidden
+    star = bytearray(header(b"GNUSparseFile.0/sp", b"0", len(data)))
+    star[476:488] = b"00000000000 "
+    star[488:500] = b"00000000000 "
+    sparse = pax(
+        (b"GNU.sparse.major", b"1"),
+        (b"GNU.sparse.minor", b"0"),
+        (b"GNU.sparse.name", R + b"/sp"),
+        (b"GNU.sparse.realsize", b"512"),
+    )
+    arc = archive(_dir(R), sparse + _resum(bytes(star)) + data, member(R + b"/after", b"x\n"))
+    dest = tmp_path / "dest"
+    for run in (
+        lambda: scan(io.BytesIO(arc), ROOTS),
+        lambda: extract(io.BytesIO(arc), ROOTS, _into(dest)),
+    ):
+        with pytest.raises(UnsafeArchive, match="star format"):
+            run()
+    assert not (dest / ROOT).exists()
+
+
+def test_a_long_name_is_read_to_its_first_nul_as_tar_reads_it(tmp_path: Path) -> None:
+    """tar reads an L/K name up to the first NUL of its padded blocks, past the size
+    the header gives: a name running on into the padding is refused."""
+
+    def longx(typeflag: bytes, declared: bytes, tail: bytes) -> bytes:
+        data = (declared + tail).ljust(512, b"\0")
+        return header(b"././@LongLink", typeflag, len(declared), magic=OLDGNU) + data
+
+    def gnu(name: bytes, *args: bytes, **kw: object) -> bytes:
+        return member(name, *args, magic=OLDGNU, **kw)  # type: ignore[arg-type]
+
+    outside = archive(
+        gnu(R, typeflag=b"5"),
+        longx(b"K", b"sub", b"/../../../etc/passwd")
+        + gnu(R + b"/link", typeflag=b"2", linkname=b"x"),
+    )
+    with pytest.raises(UnsafeArchive, match="running on into its padding"):
+        scan(io.BytesIO(outside), ROOTS)
+    # a NUL inside the declared size ends the name there, for tar and for pyops
+    fine = archive(
+        gnu(R, typeflag=b"5"),
+        longx(b"L", R + b"/f\0", b"") + gnu(b"ignored", b"data\n"),
+    )
+    assert scan(io.BytesIO(fine), ROOTS) == Tally(1, 5)
+    extract(io.BytesIO(fine), ROOTS, _into(tmp_path / "d"))
+    assert (tmp_path / "d" / ROOT / "f").read_bytes() == b"data\n"
