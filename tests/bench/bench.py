@@ -186,8 +186,9 @@ def measure(
         for name, peer in list(peers.items()):
             try:
                 results[f"peer:{name}"].append(timed(peer))
-            except subprocess.CalledProcessError as exc:  # a peer's failure is a note
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
                 print(f"bench: {name} failed, left out: {exc}", file=sys.stderr)
+                bench_peers.broken[name] = str(exc).splitlines()[0]
                 del peers[name], results[f"peer:{name}"]
 
         target = fresh()
@@ -274,6 +275,7 @@ def measure(
             k.removeprefix("peer:"): round(v, 3) for k, v in med.items() if k.startswith("peer:")
         },
         "cold_count": counting,
+        "peers_left_out": dict(bench_peers.broken),
         "size_mb_requested": size_mb,
         "database_bytes": size,
         "runs": runs,
@@ -308,6 +310,8 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {size} | {op} | {m[raw]} | {m[ours]} | {r['ratio'][ratio]} "
                 f"| {r['pyops_peak_rss_mib']} MiB |"
             )
+        for peer, why in r.get("peers_left_out", {}).items():
+            lines.append(f"| {size} | backup: {peer} | | left out: {why} | | |")
         for peer, seconds in r["peers"].items():
             lines.append(
                 f"| {size} | backup: {peer} | {m['backup_raw']} | {seconds} (peer) "
