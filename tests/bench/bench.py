@@ -55,6 +55,13 @@ def sh(script: str, env: dict[str, str]) -> None:
     subprocess.run(["bash", "-o", "pipefail", "-c", script], check=True, env=env)
 
 
+def settle(pg: PgCluster) -> None:
+    """Each timed run starts with nothing left to write: the previous restore's gigabyte
+    would otherwise be checkpointed during the next one (whichever side runs second)."""
+    pg.psql("CHECKPOINT")
+    os.sync()
+
+
 def peak_rss_kib(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
     """Run argv; return (seconds, the process's own VmHWM in KiB, children excluded)."""
     t0 = time.monotonic()
@@ -166,6 +173,7 @@ def measure(
         return f"r_{size_mb}_{n[0]}"
 
     def timed(fn: Callable[[], None]) -> float:
+        settle(pg)
         t0 = time.monotonic()
         fn()
         return time.monotonic() - t0
@@ -179,6 +187,7 @@ def measure(
                 )
             )
         )
+        settle(pg)
         seconds, peak = peak_rss_kib([PYOPS, "--config", str(cfg), "-q", "backup"], env)
         results["backup_pyops"].append(seconds)
         rss.append(peak)
@@ -202,6 +211,7 @@ def measure(
             )
         )
         target = fresh()
+        settle(pg)
         seconds, peak = peak_rss_kib(
             [
                 PYOPS,
@@ -233,6 +243,7 @@ def measure(
             )
         )
         target = fresh()
+        settle(pg)
         seconds, peak = peak_rss_kib(
             [
                 PYOPS,
