@@ -211,41 +211,35 @@ class S3Store:
 
     # --- the store interface ----------------------------------------------------
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def _pages(self, prefix: str, **kw: Any) -> Iterator[dict[str, Any]]:
+        """Every page of a listing under `prefix` (list_objects_v2's continuation)."""
         token: str | None = None
         while True:
             extra = {"ContinuationToken": token} if token else {}
-            page = self._call(
+            page: dict[str, Any] = self._call(
                 "listing the bucket",
                 self.client.list_objects_v2,
                 Prefix=f"{self.root}{prefix}",
+                **kw,
                 **extra,
             )
-            for o in page.get("Contents", []):
-                yield ObjectInfo(o["Key"][len(self.root) :], int(o["Size"]))
+            yield page
             if not page.get("IsTruncated"):
                 return
             token = page.get("NextContinuationToken")
 
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        for page in self._pages(prefix):
+            for o in page.get("Contents", []):
+                yield ObjectInfo(o["Key"][len(self.root) :], int(o["Size"]))
+
     def children(self, prefix: str = "") -> Iterator[str]:
-        token: str | None = None
-        while True:
-            extra = {"ContinuationToken": token} if token else {}
-            page = self._call(
-                "listing the bucket",
-                self.client.list_objects_v2,
-                Prefix=f"{self.root}{prefix}",
-                Delimiter="/",
-                **extra,
-            )
-            start = len(self.root) + len(prefix)
+        start = len(self.root) + len(prefix)
+        for page in self._pages(prefix, Delimiter="/"):
             for found in page.get("CommonPrefixes", []):
                 name = str(found["Prefix"])[start:].rstrip("/")
                 if name:
                     yield name
-            if not page.get("IsTruncated"):
-                return
-            token = page.get("NextContinuationToken")
 
     def stat(self, key: str) -> ObjectInfo | None:
         try:

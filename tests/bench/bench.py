@@ -22,7 +22,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -36,19 +35,11 @@ import bench_count  # noqa: E402
 import bench_files  # noqa: E402
 import bench_offsite  # noqa: E402
 import bench_peers  # noqa: E402
+from benchtools import as_installed, run_watched  # noqa: E402
 from fixtures.gpgkeys import cleanup_home, generate_key  # noqa: E402
 from fixtures.pgcluster import PgCluster, start_cluster  # noqa: E402
 
 PYOPS = str(Path(sys.executable).parent / "pyops")
-
-
-def as_installed(env: dict[str, str]) -> dict[str, str]:
-    """pyops as an install runs it: pip compiles the bytecode at install time, so the
-    development tree is compiled once and the environment may write bytecode."""
-    subprocess.run(
-        [sys.executable, "-m", "compileall", "-q", str(HERE.parent.parent / "pyops")], check=True
-    )
-    return {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
 def sh(script: str, env: dict[str, str]) -> None:
@@ -64,27 +55,10 @@ def settle(pg: PgCluster) -> None:
 
 def peak_rss_kib(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
     """Run argv; return (seconds, the process's own VmHWM in KiB, children excluded)."""
-    t0 = time.monotonic()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peak = [0]
-
-    def watch() -> None:
-        while proc.poll() is None:
-            try:
-                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        peak[0] = max(peak[0], int(line.split()[1]))
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.02)
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    _, err = proc.communicate()
-    thread.join()
-    if proc.returncode != 0:
+    seconds, peak, code, _, err = run_watched(argv, env)
+    if code != 0:
         raise SystemExit(f"{argv} failed: {err.decode()[-2000:]}")
-    return time.monotonic() - t0, peak[0]
+    return seconds, peak
 
 
 ALL_VISIBLE = (

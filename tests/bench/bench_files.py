@@ -30,6 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchtools import installed_env
+
 PYOPS = str(Path(sys.executable).parent / "pyops")
 TMPFS = Path("/dev/shm")
 PER_DIR = 100
@@ -70,8 +72,7 @@ def sh(script: str) -> None:
 
 
 def pyops(cfg: Path, *args: str) -> None:
-    # as installed on an operator's machine: bytecode cached (a test harness may forbid it)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env = installed_env(dict(os.environ))  # bytecode cached, as installed
     proc = subprocess.run(
         [PYOPS, "--config", str(cfg), "-q", *args],
         capture_output=True,

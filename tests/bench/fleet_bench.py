@@ -38,6 +38,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent / "fleet"))
 
 import boto3  # noqa: E402
+from benchtools import run_watched  # noqa: E402
 from botocore.config import Config as BotoConfig  # noqa: E402
 from fixtures.s3 import CREDS  # noqa: E402
 from fleet_support import history, write_synthetic_host  # noqa: E402
@@ -147,28 +148,10 @@ def build(
 
 def run_fleet(argv: list[str], env: dict[str, str]) -> tuple[float, int, int, bytes]:
     """(seconds, VmHWM of the pyops process in KiB, exit code, stdout)."""
-    t0 = time.monotonic()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    peak = [0]
-
-    def watch() -> None:
-        while proc.poll() is None:
-            try:
-                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        peak[0] = max(peak[0], int(line.split()[1]))
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.02)
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    stdout, stderr = proc.communicate()
-    seconds = time.monotonic() - t0
-    watcher.join()
-    if proc.returncode not in (0, 1, 2, 3):
-        raise SystemExit(f"pyops fleet failed ({proc.returncode}): {stderr.decode()[-2000:]}")
-    return seconds, peak[0], proc.returncode, stdout
+    seconds, peak, code, stdout, stderr = run_watched(argv, env, stdout=subprocess.PIPE)
+    if code not in (0, 1, 2, 3):
+        raise SystemExit(f"pyops fleet failed ({code}): {stderr.decode()[-2000:]}")
+    return seconds, peak, code, stdout
 
 
 def main() -> None:
